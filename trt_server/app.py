@@ -23,6 +23,7 @@ from trt_server.engines.base import Engine, SamplingParams
 from trt_server.errors import AuthenticationError, NotReadyError, install_error_handlers
 from trt_server.generation import Admission, LLMMetrics
 from trt_server.protocol import ChatCompletionRequest, CompletionRequest
+from trt_server.schemas import check_json_schema
 from trt_server.serving import ServerState, chat_completion, completion
 from trt_server.settings import LLMSettings
 from trt_server.templating import ChatTemplate
@@ -35,11 +36,12 @@ log = logging.getLogger(__name__)
 def _schema_validator(engine: Engine) -> Callable[[dict[str, Any]], None]:
     """A check that a JSON schema can become a grammar for this engine (ValueError if not)."""
     if engine.capabilities.name != "llamacpp":
-        return lambda schema: None
+        return check_json_schema
 
     def check(schema: dict[str, Any]) -> None:
         import xllamacpp
 
+        check_json_schema(schema)
         try:
             xllamacpp.json_schema_to_grammar(schema)
         except Exception as e:  # the binding raises plain exceptions for unsupported schemas

@@ -89,12 +89,28 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int,
     )
 
 
+def closed_schema(schema: Any) -> Any:
+    """A copy where objects that do not say otherwise allow no extra properties.
+
+    JSON schema allows extra properties by default; under a grammar a small model then invents
+    properties until it runs out of tokens. OpenAI's strict mode closes objects the same way.
+    """
+    if isinstance(schema, list):
+        return [closed_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed_schema(v) for k, v in schema.items()}
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
     """JSON schema of one call to any of `tools`: `{"name": <const>, "arguments": <its parameters>}`."""
     options = [
         {"type": "object",
          "properties": {"name": {"const": t.function.name},
-                        "arguments": t.function.parameters or {"type": "object"}},
+                        "arguments": closed_schema(t.function.parameters or {"type": "object"})},
          "required": ["name", "arguments"]}
         for t in tools
     ]
@@ -133,7 +149,8 @@ def plan_tools(req: ChatCompletionRequest, grammar: bool) -> ChatPlan:
                      '{"name": <function name>, "arguments": <arguments object>}.')
     elif req.response_format is not None and req.response_format.type != "text":
         rf = req.response_format
-        schema = (rf.json_schema.schema_ if rf.type == "json_schema" and rf.json_schema else None) or {"type": "object"}
+        given = rf.json_schema.schema_ if rf.type == "json_schema" and rf.json_schema else None
+        schema = closed_schema(given) if given else {"type": "object"}
         if not grammar:
             extra = "Answer only with a JSON value matching this JSON schema: " + json.dumps(schema)
     return ChatPlan(tools=tools, forced=forced, schema=schema if grammar else None, extra_system=extra)
