@@ -70,17 +70,20 @@ class Admission:
     async def acquire(self) -> float:
         """Wait for a slot; returns seconds waited. Raises OverloadedError (503)."""
         start = time.perf_counter()
-        if self._sem.locked() and self._waiting >= self._queue_size:
-            raise self._overloaded(f"{self._waiting} requests already waiting")
-        self._waiting += 1
-        self._metrics.queued.set(self._waiting)
-        try:
-            await asyncio.wait_for(self._sem.acquire(), self._timeout)
-        except asyncio.TimeoutError:
-            raise self._overloaded(f"no free slot within {self._timeout:g} s") from None
-        finally:
-            self._waiting -= 1
+        if not self._sem.locked():
+            await self._sem.acquire()  # a free slot: returns at once, without yielding
+        else:
+            if self._waiting >= self._queue_size:
+                raise self._overloaded(f"{self._waiting} requests already waiting")
+            self._waiting += 1
             self._metrics.queued.set(self._waiting)
+            try:
+                await asyncio.wait_for(self._sem.acquire(), self._timeout)
+            except asyncio.TimeoutError:
+                raise self._overloaded(f"no free slot within {self._timeout:g} s") from None
+            finally:
+                self._waiting -= 1
+                self._metrics.queued.set(self._waiting)
         self._metrics.in_flight.inc()
         waited = time.perf_counter() - start
         self._metrics.queue_wait.observe(waited)

@@ -61,8 +61,8 @@ def _pick_template(value: object) -> str | None:
         return named if isinstance(named, str) else None
     if isinstance(value, list):
         for item in value:
-            if isinstance(item, dict) and item.get("name") == "default" and isinstance(item.get("template"), str):
-                return str(item["template"])
+            if isinstance(item, dict) and item.get("name") == "default":
+                return _pick_template(item.get("template"))
     return None
 
 
@@ -78,7 +78,7 @@ def _read_chat_template(path: Path, config: dict[str, Any]) -> str | None:
 
 
 def _generation_eos_ids(path: Path) -> list[int]:
-    """Extra end-of-generation ids from generation_config.json (Llama-3 Instruct ends turns with <|eot_id|>)."""
+    """End-of-generation ids from generation_config.json (Llama-3 Instruct ends turns with <|eot_id|>)."""
     value = _read_json(path / "generation_config.json").get("eos_token_id")
     if isinstance(value, int):
         return [value]
@@ -129,7 +129,7 @@ class HFTokenizer:
             self._load_tokenizers(path, config)
         self.backend = "transformers" if loaded else "tokenizers"
         with_special = self.encode("", add_special=True)
-        self.add_bos = bool(with_special) and self.bos_token_id is not None and with_special[0] == self.bos_token_id
+        self.add_bos = self.bos_token_id is not None and with_special[:1] == [self.bos_token_id]
         self.eos_token_ids = _unique([self.eos_token_id, *_generation_eos_ids(path)])
         log.info("tokenizer %s (%s): bos %r, eos %r, end-of-generation ids %s, chat template %s", path,
                  self.backend, self.bos_token, self.eos_token, self.eos_token_ids,
@@ -146,8 +146,8 @@ class HFTokenizer:
         except Exception as e:  # an odd config: tokenizer.json alone still serves
             if not (path / "tokenizer.json").is_file():
                 raise ModelNotFoundError(f"transformers could not load the tokenizer in {path}: {e}") from e
-            log.warning("transformers could not load the tokenizer in %s (%s); reading tokenizer.json directly",
-                        path, e)
+            log.warning("transformers could not load the tokenizer in %s (%s); reading tokenizer.json "
+                        "directly", path, e)
             return False
         self._hf = tok
         template = getattr(tok, "chat_template", None)
@@ -163,8 +163,8 @@ class HFTokenizer:
         file = path / "tokenizer.json"
         if not file.is_file():
             raise ModelNotFoundError(
-                f"{path} has no tokenizer.json and `transformers` is not installed to read its other formats: "
-                "pip install 'watus[trtllm]'."
+                f"{path} has no tokenizer.json, and `transformers`, which reads the other formats, is not "
+                "installed: pip install 'watus[trtllm]'."
             )
         try:
             from tokenizers import Tokenizer
