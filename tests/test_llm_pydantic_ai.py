@@ -10,11 +10,11 @@ from pydantic import BaseModel
 
 pytest.importorskip("pydantic_ai", reason="pydantic-ai is in the `agent` extra")
 
-from pydantic_ai import Agent, RunContext  # noqa: E402
-from pydantic_ai.capabilities import AbstractCapability  # noqa: E402
-from pydantic_ai.models.openai import OpenAIChatModel  # noqa: E402
-from pydantic_ai.providers.openai import OpenAIProvider  # noqa: E402
-from pydantic_ai.settings import ModelSettings  # noqa: E402
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.settings import ModelSettings
 
 
 def _model(url: str, model_id: str) -> OpenAIChatModel:

@@ -35,7 +35,8 @@ def settings_reference(cls: type[BaseSettings]) -> list[dict[str, Any]]:
     prefix = str(cls.model_config.get("env_prefix", ""))
     rows = []
     for name, field in cls.model_fields.items():
-        default = field.get_default(call_default_factory=True)
+        # A computed default depends on the machine: say so rather than print this machine's value.
+        default = "(computed)" if field.default_factory is not None else field.get_default()
         rows.append(
             {
                 "name": name,

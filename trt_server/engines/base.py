@@ -85,9 +85,15 @@ class Tokenizer(Protocol):
 class Engine(Protocol):
     """An inference backend: load once, then stream token deltas for prompts of token ids."""
 
-    tokenizer: Tokenizer
-    capabilities: Capabilities
-    model_id: str
+    # Read-only members (properties) so implementations may narrow their types.
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def model_id(self) -> str: ...
 
     async def load(self) -> None: ...
 

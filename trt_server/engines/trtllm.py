@@ -204,9 +204,10 @@ class TrtLlmEngine:
         self._settings = settings
         self.engine_dir = resolve_engine_dir(settings)
         self.tokenizer_dir = resolve_tokenizer_dir(settings, self.engine_dir)
+        self._config = read_engine_config(self.engine_dir)
+        # Checked without importing it (that takes seconds): a CPU box gets the hint at once.
         if importlib.util.find_spec("tensorrt_llm") is None:
             raise EngineNotInstalledError(INSTALL_HINT)
-        self._config = read_engine_config(self.engine_dir)
         max_context, self._max_input = engine_limits(self._config, settings.context_length)
         self.model_id = settings.model_name or self.engine_dir.name
         self.capabilities = Capabilities(max_context=max_context, supports_grammar=False, name="trtllm")

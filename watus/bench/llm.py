@@ -899,9 +899,9 @@ def render_markdown(result: BenchResult) -> str:
     cfg = result.config
     out = ["## LLM serving (`watus bench llm`)", ""]
     out.append(f"Measured {result.started}: prompt {cfg.prompt_tokens} tokens, output {cfg.max_tokens} "
-               f"tokens (`ignore_eos` where the target takes it), temperature 0, {cfg.warmup} warm-up + {cfg.runs} "
-               f"timed runs per target, llama.cpp {cfg.threads} threads, {cfg.slots} server slots, "
-               f"{'chat' if cfg.chat else 'completions'} endpoint."
+               f"tokens (`ignore_eos` where the target takes it), temperature 0, {cfg.warmup} warm-up + "
+               f"{cfg.runs} timed runs per target, llama.cpp {cfg.threads} threads, {cfg.slots} server "
+               f"slots, {'chat' if cfg.chat else 'completions'} endpoint."
                + (f" Raw data: `{result.jsonl_path}`." if result.jsonl_path else ""))
     out += ["", "TTFT: request sent → first token received by the client. Prefill tok/s: prompt tokens / "
             "TTFT. Decode tok/s: (output tokens − 1) / (first → last token). Every prompt starts with a "

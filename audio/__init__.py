@@ -1,0 +1,1 @@
+"""audio service of Watus (see the README; being built)."""

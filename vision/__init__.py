@@ -1,0 +1,1 @@
+"""vision service of Watus (see the README; being built)."""
