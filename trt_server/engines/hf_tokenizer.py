@@ -150,8 +150,9 @@ class HFTokenizer:
                         "directly", path, e)
             return False
         self._hf = tok
-        template = getattr(tok, "chat_template", None)
-        self.chat_template = _pick_template(template)
+        # Older transformers do not read chat_template.jinja: look there too.
+        self.chat_template = (_pick_template(getattr(tok, "chat_template", None))
+                              or _read_chat_template(path, _read_json(path / "tokenizer_config.json")))
         self.bos_token = tok.bos_token or None
         self.eos_token = tok.eos_token or None
         self.bos_token_id = tok.bos_token_id

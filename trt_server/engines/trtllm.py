@@ -4,7 +4,7 @@ This is the robot's engine (Jetson AGX Orin, INT4 weight-only Llama-3-8B / Qwen2
 ids through the `LLM` API's `generate_async(prompt_ids, sampling_params, streaming=True)`, which runs
 TensorRT-LLM's in-flight batching executor, so concurrent requests share every decoding step.
 
-Two TensorRT-LLM lines matter and their APIs differ (checked against the sources of both):
+Two TensorRT-LLM lines matter, and their APIs differ:
 - 0.12.0-jetson (the Jetson branch): `tensorrt_llm.LLM` loads engines; `SamplingParams.max_tokens`
   defaults to 32 and the seed is `random_seed` in some builds; `RequestOutput` has no `abort()`, the
   in-process executor's C++ `cancel_request(id)` stops a request; no guided decoding.

@@ -161,7 +161,7 @@ class RunResult:
 
 
 @dataclass
-class _Stream:
+class StreamTiming:
     """Arrival times of one stream on `time.perf_counter()`."""
 
     start: float
@@ -202,7 +202,7 @@ class _Stream:
         )
 
 
-def _openai_chunk(st: _Stream, chunk: dict[str, Any], t: float, chat: bool) -> None:
+def _openai_chunk(st: StreamTiming, chunk: dict[str, Any], t: float, chat: bool) -> None:
     """Account one OpenAI-style chunk (SSE event or llama.cpp callback) arriving at `t`."""
     if "error" in chunk:
         err = chunk["error"]
@@ -265,7 +265,7 @@ class Driver(Protocol):
     ignore_eos: bool
     supports_concurrency: bool
 
-    def generate(self, prompt: str, max_tokens: int) -> _Stream: ...
+    def generate(self, prompt: str, max_tokens: int) -> StreamTiming: ...
 
     def close(self) -> None: ...
 
@@ -338,7 +338,7 @@ class OpenAIDriver:
             body["ignore_eos"] = True
         return body
 
-    def generate(self, prompt: str, max_tokens: int) -> _Stream:
+    def generate(self, prompt: str, max_tokens: int) -> StreamTiming:
         try:
             return self._generate(prompt, max_tokens)
         except _Rejected as e:
@@ -349,10 +349,10 @@ class OpenAIDriver:
             self.ignore_eos = False
             return self._generate(prompt, max_tokens)
 
-    def _generate(self, prompt: str, max_tokens: int) -> _Stream:
+    def _generate(self, prompt: str, max_tokens: int) -> StreamTiming:
         path = "/v1/chat/completions" if self._cfg.chat else "/v1/completions"
         body = self._body(prompt, max_tokens)
-        st = _Stream(start=time.perf_counter())
+        st = StreamTiming(start=time.perf_counter())
         with self._http.stream("POST", path, json=body) as resp:
             _raise_for_status(resp, path)
             for t, line in _iter_lines(resp):
@@ -389,7 +389,7 @@ class OllamaDriver:
             raise BenchError(f"Ollama at {self._http.base_url} has no models; pull one or pass --model")
         return str(models[0]["name"])
 
-    def generate(self, prompt: str, max_tokens: int) -> _Stream:
+    def generate(self, prompt: str, max_tokens: int) -> StreamTiming:
         cfg = self._cfg
         body: dict[str, Any] = {
             "model": self.model, "stream": True,
@@ -401,7 +401,7 @@ class OllamaDriver:
         else:
             # raw: the prompt as given, no template, like /v1/completions elsewhere
             path, body["prompt"], body["raw"] = "/api/generate", prompt, True
-        st = _Stream(start=time.perf_counter())
+        st = StreamTiming(start=time.perf_counter())
         with self._http.stream("POST", path, json=body) as resp:
             _raise_for_status(resp, path)
             for t, line in _iter_lines(resp):
@@ -423,7 +423,7 @@ class OllamaDriver:
         self._http.close()
 
 
-def _ollama_final(st: _Stream, obj: dict[str, Any]) -> None:
+def _ollama_final(st: StreamTiming, obj: dict[str, Any]) -> None:
     st.prompt_tokens = obj.get("prompt_eval_count")
     st.completion_tokens = obj.get("eval_count")
     if st.prompt_tokens and obj.get("prompt_eval_duration"):
@@ -443,12 +443,12 @@ class InProcessDriver:
         self._cfg = cfg
         self.model: str | None = model
 
-    def generate(self, prompt: str, max_tokens: int) -> _Stream:
+    def generate(self, prompt: str, max_tokens: int) -> StreamTiming:
         if self._server is None:
             raise BenchError("in-process engine released")
         body = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0, "top_k": 0,
                 "min_p": 0.0, "seed": self._cfg.seed, "ignore_eos": True}
-        st = _Stream(start=time.perf_counter())
+        st = StreamTiming(start=time.perf_counter())
         errors: list[BenchError] = []
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
