@@ -174,6 +174,27 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+_SLOT = "\u0000watus-text\u0000"
+
+
+class _TextEvents:
+    """Encodes the per-token SSE events fast: the constant JSON around the text is serialised once.
+
+    On a 2-core CPU the server's Python work per token competes with llama.cpp's threads, so the hot
+    path does one `json.dumps` of a short string and two byte concatenations per token.
+    """
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        whole = _sse(template)
+        head, _, tail = whole.partition(json.dumps(_SLOT).encode())
+        if not tail:
+            raise ValueError("template has no text slot")
+        self._head, self._tail = head, tail
+
+    def encode(self, text: str) -> bytes:
+        return self._head + json.dumps(text, ensure_ascii=False).encode() + self._tail
+
+
 def _usage(n_prompt: int, n_completion: int) -> dict[str, int]:
     return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
 
@@ -210,12 +231,12 @@ async def _admit(state: ServerState, ids: list[int], params: SamplingParams, sto
     return _Run(state, ids, params, stops, arrival, waited, endpoint, rid)
 
 
-async def _stream_events(run: _Run, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _stream_events(run: _Run, events: AsyncIterator[dict[str, Any] | bytes]) -> AsyncIterator[bytes]:
     status = "ok"
     try:
         async with contextlib.aclosing(events):  # type: ignore[type-var]
             async for ev in events:
-                yield _sse(ev)
+                yield ev if isinstance(ev, bytes) else _sse(ev)
     except APIError as e:
         status = "error"
         yield _sse(e.body())
@@ -300,7 +321,7 @@ async def _chat_collect(state: ServerState, run: _Run, rid: str,
 
 
 async def _chat_stream(state: ServerState, run: _Run, rid: str, parser: StreamingToolParser | None,
-                       include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+                       include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
     created = int(time.time())
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_id}
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
@@ -308,6 +329,8 @@ async def _chat_stream(state: ServerState, run: _Run, rid: str, parser: Streamin
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
                 **extra}
+
+    content = _TextEvents(chunk({"content": _SLOT}))
 
     yield chunk({"role": "assistant", "content": ""})
     n_calls = 0
@@ -324,11 +347,11 @@ async def _chat_stream(state: ServerState, run: _Run, rid: str, parser: Streamin
     async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
         async for c in run.chunks:
             if parser is None:
-                yield chunk({"content": c.text})
+                yield content.encode(c.text)
                 continue
             ev = parser.feed(c.text)
             if ev.content:
-                yield chunk({"content": ev.content})
+                yield content.encode(ev.content)
             if ev.tool_calls:
                 yield call_deltas(ev.tool_calls)
     if parser is not None:
@@ -390,7 +413,7 @@ async def _completion_collect(state: ServerState, run: _Run, rid: str, echo: str
 
 
 async def _completion_stream(state: ServerState, run: _Run, rid: str, echo: str,
-                             include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+                             include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
     base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
 
@@ -398,11 +421,13 @@ async def _completion_stream(state: ServerState, run: _Run, rid: str, echo: str,
         return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
                 **extra}
 
+    texts = _TextEvents(chunk(_SLOT))
+
     if echo:
         yield chunk(echo)
     async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
         async for c in run.chunks:
-            yield chunk(c.text)
+            yield texts.encode(c.text)
     yield chunk("", run.outcome.finish_reason)
     if include_usage:
         yield {**base, "choices": [], "usage": _usage(len(run.ids), run.outcome.completion_tokens),

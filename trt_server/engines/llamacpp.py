@@ -220,23 +220,33 @@ class LlamaCppEngine:
         future = loop.run_in_executor(self._pool, run)
         produced = 0
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise EngineError(f"llama.cpp failed: {item}") from item
-                if "error" in item:
-                    err = item["error"]
-                    raise EngineError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
-                choice = item["choices"][0]
-                timings = item.get("timings") or {}
-                usage = item.get("usage") or {}
-                total = int(usage.get("completion_tokens") or timings.get("predicted_n") or produced)
-                delta = EngineDelta(text=choice.get("text") or "", n_tokens=max(0, total - produced),
-                                    finish_reason=choice.get("finish_reason"))
-                produced = max(produced, total)
-                yield delta
+            done = False
+            while not done:
+                items = [await queue.get()]
+                # When the consumer falls behind, hand over everything waiting as one delta.
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                texts: list[str] = []
+                finish: str | None = None
+                before = produced
+                for item in items:
+                    if item is None:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise EngineError(f"llama.cpp failed: {item}") from item
+                    if "error" in item:
+                        err = item["error"]
+                        raise EngineError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+                    choice = item["choices"][0]
+                    texts.append(choice.get("text") or "")
+                    finish = choice.get("finish_reason") or finish
+                    timings = item.get("timings") or {}
+                    usage = item.get("usage") or {}
+                    total = int(usage.get("completion_tokens") or timings.get("predicted_n") or produced)
+                    produced = max(produced, total)
+                if texts:
+                    yield EngineDelta(text="".join(texts), n_tokens=produced - before, finish_reason=finish)
         finally:
             cancelled.set()
             # The worker returns at its next token once `cancelled` is seen; wait so the slot is free.
