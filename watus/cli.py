@@ -19,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from watus.bench.cli import bench_app
 from watus.config import settings_reference
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
@@ -143,15 +144,7 @@ def config_reference() -> None:
         console.print()
 
 
-def _mount_optional() -> None:
-    try:
-        from watus.bench.cli import bench_app
-    except ImportError:  # the bench module is optional until its extra is installed
-        return
-    app.add_typer(bench_app, name="bench")
-
-
-_mount_optional()
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

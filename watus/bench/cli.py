@@ -46,7 +46,7 @@ def _p50(summary: Summary | None, digits: int = 1) -> str:
 def _print_summary(console: Console, result: BenchResult) -> None:
     table = Table(title="LLM targets (p50)")
     for col in ("target", "prompt tok", "output tok", "TTFT ms", "prefill tok/s", "decode tok/s", "wall ms"):
-        table.add_column(col, justify="left" if col == "target" else "right")
+        table.add_column(col, justify="left" if col == "target" else "right", overflow="fold")
     for t in result.targets:
         if t.error is not None:
             table.add_row(t.spec, "[red]failed[/red]", "", "", "", "", t.error[:60])
@@ -56,9 +56,8 @@ def _print_summary(console: Console, result: BenchResult) -> None:
                       _p50(s["prefill_tps"], 0), _p50(s["decode_tps"]), _p50(s["wall_ms"], 0))
     console.print(table)
     for g in goal_checks(result):
-        verdict = ("[yellow]n/a[/yellow]" if g.passed is None
-                   else "[green]PASS[/green]" if g.passed else "[red]FAIL[/red]")
-        console.print(f"{verdict} {g.name}: {g.figures}  (goal {g.goal})")
+        colour = {"PASS": "green", "FAIL": "red"}.get(g.verdict, "yellow")
+        console.print(f"[{colour}]{g.verdict}[/{colour}] {g.name}: {g.figures}  (goal {g.goal})")
 
 
 @bench_app.command("llm")

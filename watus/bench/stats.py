@@ -42,6 +42,8 @@ class Summary:
     max: float
     p50: float
     p95: float
+    #: Median absolute deviation from the median: a spread that one stalled run does not blow up.
+    mad: float
 
     @property
     def cv(self) -> float:
@@ -60,17 +62,32 @@ def summarize(values: Iterable[float | None]) -> Summary | None:
     n = len(present)
     mean = sum(present) / n
     stdev = math.sqrt(sum((v - mean) ** 2 for v in present) / (n - 1)) if n > 1 else 0.0
-    return Summary(n=n, mean=mean, stdev=stdev, min=min(present), max=max(present),
-                   p50=percentile(present, 50.0), p95=percentile(present, 95.0))
+    p50 = percentile(present, 50.0)
+    mad = percentile([abs(v - p50) for v in present], 50.0)
+    return Summary(n=n, mean=mean, stdev=stdev, min=min(present), max=max(present), p50=p50,
+                   p95=percentile(present, 95.0), mad=mad)
+
+
+def median_se(s: Summary) -> float:
+    """Standard error of the median (normal approximation, 1.2533·σ/√n) with σ estimated robustly as
+    1.4826·MAD, so a run stalled by another process does not make every comparison inconclusive."""
+    return 1.2533 * 1.4826 * s.mad / math.sqrt(s.n)
 
 
 def ratio_noise(a: Summary, b: Summary, z: float = 2.0) -> float:
-    """Relative uncertainty of the ratio of the two means: z standard errors (2 ≈ 95%).
+    """Relative uncertainty of p50(a) / p50(b): z standard errors (2 ≈ 95%).
 
-    Propagates each side's standard error of the mean: sqrt(cv_a²/n_a + cv_b²/n_b). With one run a
-    side has no spread estimate and contributes nothing, which is why the goal checks state n.
+    With one run a side has no spread estimate and contributes nothing, which is why the goal checks
+    state n.
     """
-    return z * math.sqrt(a.cv**2 / a.n + b.cv**2 / b.n)
+    rel_a = median_se(a) / abs(a.p50) if a.p50 else 0.0
+    rel_b = median_se(b) / abs(b.p50) if b.p50 else 0.0
+    return z * math.hypot(rel_a, rel_b)
+
+
+def difference_noise(a: Summary, b: Summary, z: float = 2.0) -> float:
+    """Uncertainty of p50(a) − p50(b) in their unit: z standard errors."""
+    return z * math.hypot(median_se(a), median_se(b))
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
