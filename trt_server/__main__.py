@@ -7,6 +7,7 @@ with a one-line error saying what to do, and a non-zero status, never a tracebac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from trt_server.app import create_app
 from trt_server.engines.base import EngineError
 from trt_server.settings import EngineKind, LLMSettings
+from watus import sdnotify
 from watus.logs import setup_logging
 
 log = logging.getLogger("trt_server")
@@ -63,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=on_load_failure)
+    async def on_ready(status: str) -> None:
+        # READY=1 only once the socket is bound too, so that clients started after us can connect.
+        while server is not None and not server.started and not server.should_exit:  # noqa: ASYNC110 (a flag only)
+            await asyncio.sleep(0.05)
+        sdnotify.ready(status)
+
+    app = create_app(settings, on_load_failure=on_load_failure, on_ready=on_ready)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=10, access_log=False)
     server = uvicorn.Server(config)

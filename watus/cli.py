@@ -20,7 +20,6 @@ import typer
 from rich.console import Console
 
 from watus.bench.cli import bench_app
-from watus.config import settings_reference
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
                   add_completion=False)
@@ -130,18 +129,13 @@ def chat(
 
 
 @app.command("config")
-def config_reference() -> None:
-    """Print every setting: env var, default and meaning (Markdown)."""
-    from trt_server.settings import LLMSettings
+def config_reference(
+    env: Annotated[bool, typer.Option("--env", help="Print an env file (all settings commented out).")] = False,
+) -> None:
+    """Print every setting: env var, default and meaning (Markdown), or as an env file."""
+    from watus.settings_catalog import env_file, markdown_reference
 
-    for title, cls in (("LLM server (`python -m trt_server`)", LLMSettings),):
-        console.print(f"### {title}\n", markup=False)
-        console.print("| env var | default | meaning |\n|---|---|---|", markup=False)
-        for row in settings_reference(cls):
-            default = row["default"]
-            shown = "(empty)" if default is None else (default.value if hasattr(default, "value") else default)
-            console.print(f"| `{row['env']}` | `{shown}` | {row['description']} |", markup=False, soft_wrap=True)
-        console.print()
+    sys.stdout.write(env_file() if env else markdown_reference())
 
 
 app.add_typer(bench_app, name="bench")

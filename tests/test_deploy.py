@@ -1,0 +1,165 @@
+"""Deployment: systemd units verified by systemd itself, the install script, the notify protocol."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ROOT, free_port, wait_healthy
+from watus import sdnotify
+from watus.settings_catalog import env_file
+
+INSTALL = ROOT / "deploy" / "install.sh"
+UNITS = ["watus-llm.service", "watus-vision.service", "watus-audio.service", "watus-agent.service", "watus.target"]
+
+
+def _install(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), "--prefix", str(prefix), "--python", sys.executable, *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Path:
+    r = _install(tmp_path)
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (Debian package `systemd`; .ci/run installs it)")
+def test_units_pass_systemd_analyze_verify(installed: Path) -> None:
+    unit_dir = installed / "etc" / "systemd" / "system"
+    r = subprocess.run(["systemd-analyze", "verify", *[f"./{u}" for u in UNITS]], cwd=unit_dir,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    # Unknown keys and bad values are warnings (exit 0): there must be none.
+    assert "watus" not in r.stderr, r.stderr
+    agent = (unit_dir / "watus-agent.service").read_text()
+    for other in ("watus-llm.service", "watus-vision.service", "watus-audio.service"):
+        assert other in agent.split("After=")[1].splitlines()[0]
+        assert other in agent.split("Wants=")[1].splitlines()[0]
+    for unit in UNITS[:4]:
+        text = (unit_dir / unit).read_text()
+        for line in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "NoNewPrivileges=yes",
+                     "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "User=watus", "MemoryMax=",
+                     f"EnvironmentFile={installed}/etc/watus/watus.env", "StartLimitBurst="):
+            assert line in text, (unit, line)
+        assert "@PREFIX@" not in text
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "root"
+    r = _install(target, "--dry-run", "--memory", "32")
+    assert r.returncode == 0, r.stderr
+    assert "[dry-run] render" in r.stdout and "memory-32gb/watus-llm.conf" in r.stdout
+    assert not any(p.is_file() for p in target.rglob("*")), "dry run wrote files"
+
+
+def test_install_is_idempotent_and_keeps_an_edited_env(installed: Path) -> None:
+    env = installed / "etc" / "watus" / "watus.env"
+    assert env.read_text() == (ROOT / "deploy" / "watus.env.example").read_text()
+    env.write_text(env.read_text() + "WATUS_LLM_PORT=9000\n")
+    r = _install(installed, "--memory", "32")
+    assert r.returncode == 0, r.stderr
+    assert "keeping your edited" in r.stdout
+    assert env.read_text().endswith("WATUS_LLM_PORT=9000\n")
+    assert (installed / "etc" / "watus" / "watus.env.new").is_file()
+    dropin = installed / "etc" / "systemd" / "system" / "watus-llm.service.d" / "memory.conf"
+    assert "MemoryMax=14G" in dropin.read_text()
+    assert (installed / "opt" / "watus" / "src" / "trt_server" / "app.py").is_file()
+    # Back to 64 GB sizing: the drop-in goes away.
+    assert _install(installed).returncode == 0 and not dropin.exists()
+
+
+def test_uninstall_keeps_settings_unless_purged(installed: Path) -> None:
+    r = subprocess.run(["bash", str(INSTALL), "--prefix", str(installed), "--uninstall"], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert not (installed / "etc" / "systemd" / "system" / "watus-llm.service").exists()
+    assert not (installed / "opt" / "watus").exists()
+    assert (installed / "etc" / "watus" / "watus.env").is_file()
+    r = subprocess.run(["bash", str(INSTALL), "--prefix", str(installed), "--uninstall", "--purge"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and not (installed / "etc" / "watus").exists()
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    r = _install(tmp_path, "--memory", "16")
+    assert r.returncode == 2 and "--memory" in r.stderr
+
+
+def test_env_example_lists_every_setting() -> None:
+    assert (ROOT / "deploy" / "watus.env.example").read_text() == env_file(), \
+        "regenerate with: watus config --env > deploy/watus.env.example"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
+
+
+def _received(sock: socket.socket, until: float) -> list[str]:
+    got: list[str] = []
+    while time.monotonic() < until:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+    return got
+
+
+def test_notify_is_a_noop_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.ready() is False
+    assert sdnotify.watchdog_interval_s() is None
+
+
+def test_notify_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"watus-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sdnotify.ready("hello")
+        assert sock.recv(100).decode() == "READY=1\nSTATUS=hello"
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert sdnotify.watchdog_interval_s() is None  # the watchdog is meant for another process
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval_s() == 5.0
+
+
+def test_llm_server_sends_ready_after_load_and_watchdog_pings(notify_socket: socket.socket, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000",
+           "WATUS_LLM_PORT": str(port)}
+    env.pop("WATCHDOG_PID", None)
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "trt_server"], env=env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        messages = _received(notify_socket, time.monotonic() + 1.5)
+        ready = [m for m in messages if m.startswith("READY=1")]
+        assert len(ready) == 1 and "STATUS=serving" in ready[0]
+        # Pinged every 0.2 s (half of WatchdogSec) from the event loop.
+        assert sum(m == "WATCHDOG=1" for m in messages) >= 4
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "STOPPING=1" in _received(notify_socket, time.monotonic() + 0.5)
