@@ -1,0 +1,1 @@
+"""The Watus agent: a pydantic-ai brain that hears (audio), looks (vision), thinks (LLM) and speaks."""

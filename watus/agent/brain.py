@@ -1,0 +1,155 @@
+"""The robot's brain: a pydantic-ai Agent over the LLM server, with the scene and conversation memory.
+
+The persona (robot name, language) is the agent's fixed instructions, and the tools are fixed too, so
+the start of every prompt is the same and the LLM server reuses its cached prefill. What changes every
+turn, the scene summary, goes into the user message just before the question. Tools let a model that
+can call them look again or count and describe; a model that cannot (the 135M CPU default) still gets
+the scene in its context. Replies stream as text deltas with no debouncing: the first sentence is on
+its way to the speaker while the model is still writing the second.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.models import Model
+from pydantic_ai.settings import ModelSettings
+
+from watus.agent.scene import SceneView, VisionClient, count_label, describe_person, summarize
+from watus.agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+PERSONAS = {
+    "en": ("You are {name}, a friendly robot that can hear, see and talk. Answer in English, in one to three "
+           "short spoken sentences, without lists or markdown. The line in square brackets before the user's "
+           "words says what your camera sees now; use it when asked what you see, and if it says the camera "
+           "is unavailable or too old, say honestly that you cannot see right now. Never invent things you "
+           "do not see."),
+    "pl": ("Jesteś {name}, przyjaznym robotem, który słyszy, widzi i mówi. Odpowiadaj po polsku, jednym do trzech "
+           "krótkich zdań do wypowiedzenia, bez list i formatowania. Linia w nawiasach kwadratowych przed "
+           "słowami użytkownika mówi, co widzi teraz twoja kamera; korzystaj z niej, a jeśli kamera jest "
+           "niedostępna lub obraz jest nieaktualny, powiedz szczerze, że teraz nie widzisz. Nie wymyślaj."),
+}
+
+
+@dataclass
+class TurnDeps:
+    """What tools of one turn may use."""
+
+    vision: VisionClient | None
+    view: SceneView | None
+    language: str
+    turn_id: str | None = None
+    looks: list[SceneView] = field(default_factory=list)
+
+
+def persona(settings: AgentSettings) -> str:
+    template = settings.persona or PERSONAS[settings.language.value]
+    return template.format(name=settings.robot_name)
+
+
+def build_model(settings: AgentSettings) -> Model:
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    provider = OpenAIProvider(base_url=settings.llm_url.rstrip("/") + "/v1", api_key=settings.llm_api_key)
+    return OpenAIChatModel(settings.llm_model, provider=provider)
+
+
+def build_agent(settings: AgentSettings, model: Model | None = None) -> Agent[TurnDeps, str]:
+    agent: Agent[TurnDeps, str] = Agent(
+        model or build_model(settings),
+        deps_type=TurnDeps,
+        output_type=str,
+        instructions=persona(settings),
+        model_settings=ModelSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                     timeout=settings.llm_timeout_s),
+    )
+
+    @agent.tool
+    async def look_again(ctx: RunContext[TurnDeps]) -> str:
+        """Take a fresh look through the camera now and describe what is visible."""
+        if ctx.deps.vision is None:
+            return "The camera is not available."
+        view = await ctx.deps.vision.look(ctx.deps.turn_id)
+        ctx.deps.view = view
+        ctx.deps.looks.append(view)
+        return summarize(view, ctx.deps.language)
+
+    @agent.tool
+    async def count_objects(ctx: RunContext[TurnDeps], label: str) -> str:
+        """Count the visible objects of one kind, e.g. "person", "chair", "cup"."""
+        view = ctx.deps.view
+        n = count_label(view, label) if view is not None else None
+        return "The camera is not available." if n is None else f"{n} {label}"
+
+    @agent.tool
+    async def describe_a_person(ctx: RunContext[TurnDeps], number: int) -> str:
+        """Describe visible person number `number` (1 is the first person listed): age, gender, emotion."""
+        view = ctx.deps.view
+        text = describe_person(view, number, ctx.deps.language) if view is not None else None
+        return text or f"There is no person number {number} in view."
+
+    return agent
+
+
+class Session:
+    """Conversation memory: the messages of the last `max_turns` turns."""
+
+    def __init__(self, session_id: str, max_turns: int) -> None:
+        self.id = session_id
+        self._max = max_turns
+        self._turns: list[list[ModelMessage]] = []
+
+    @property
+    def history(self) -> list[ModelMessage]:
+        return [m for turn in self._turns[-self._max:] for m in turn] if self._max else []
+
+    def add_turn(self, messages: list[ModelMessage]) -> None:
+        self._turns.append(messages)
+        del self._turns[: max(0, len(self._turns) - self._max)]
+
+    def clear(self) -> None:
+        self._turns.clear()
+
+
+def user_prompt(question: str, view: SceneView | None, language: str) -> str:
+    if view is None:
+        return question
+    return f"{summarize(view, language)}\n{question}"
+
+
+async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: str, deps: TurnDeps,
+                       max_chars: int) -> AsyncIterator[str]:
+    """Text deltas of the reply, cut at `max_chars`; memory is updated when the reply completes.
+
+    Closing the iterator early (barge-in) cancels the LLM request and leaves the turn out of memory.
+    """
+    prompt = user_prompt(question, deps.view, deps.language)
+    sent = 0
+    async with agent.run_stream(prompt, message_history=session.history, deps=deps) as run:
+        async for delta in run.stream_text(delta=True, debounce_by=None):
+            if sent + len(delta) >= max_chars:
+                yield delta[: max(0, max_chars - sent)]
+                log.warning("reply cut at %d characters", max_chars)
+                return
+            sent += len(delta)
+            yield delta
+        session.add_turn(run.new_messages())
+
+
+def scene_json(view: SceneView | None) -> dict[str, Any] | None:
+    """The part of a scene worth keeping in the turn log."""
+    if view is None:
+        return None
+    if view.scene is None:
+        return {"error": view.error}
+    s = view.scene
+    return {"frame_id": s.get("frame_id"), "age_ms": view.age_ms, "stale": view.stale,
+            "people": len(s.get("people") or []), "objects": len(s.get("objects") or [])}

@@ -1,0 +1,100 @@
+"""Cutting a streamed reply into sentences, so each is spoken as soon as it is complete.
+
+The first sentence decides the robot's latency, so a sentence is released at the first safe boundary:
+`.`, `!`, `?` or `…` (with closing quotes or brackets) followed by whitespace and then a character that
+can start a sentence. What is not a boundary: abbreviations (English and Polish: "e.g.", "Dr.", "np.",
+"itd."), initials ("J. Smith"), numbers ("3.5", "1. item" at a line start), and a lower-case word
+after the dot. Text with no punctuation (small models, lists) is cut at a length limit, preferring a
+comma or a space, so speech never waits for the whole reply.
+"""
+
+from __future__ import annotations
+
+import re
+
+ABBREVIATIONS = frozenset({
+    # English
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx", "fig", "inc",
+    "ltd", "co", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+    "sept", "oct", "nov", "dec", "a.m", "p.m", "u.s", "u.k",
+    # Polish
+    "np", "tzn", "tj", "itd", "itp", "ul", "al", "godz", "doc", "inż", "mgr", "hab", "m.in",
+    "tzw", "wg", "ds", "nr", "str", "r", "w", "ww", "pt", "tel", "zob", "przyp", "ang", "łac",
+})
+_END = re.compile(r"[.!?…]+[\"'”’»)\]]*")
+_WORD_BEFORE = re.compile(r"([\w.]+)$")
+
+
+class SentenceCutter:
+    """Feed text deltas; get complete sentences back as soon as they are safe to speak."""
+
+    def __init__(self, max_chars: int = 160) -> None:
+        self._max = max_chars
+        self._buf = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._buf += text
+        out: list[str] = []
+        while True:
+            cut = self._boundary()
+            if cut is None:
+                cut = self._length_cut()
+            if cut is None:
+                break
+            sentence, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
+            if sentence:
+                out.append(sentence)
+        return out
+
+    def flush(self) -> list[str]:
+        """The rest, at the end of the reply."""
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []
+
+    def _boundary(self) -> int | None:
+        for m in _END.finditer(self._buf):
+            end = m.end()
+            rest = self._buf[end:]
+            if "\n" in self._buf[: m.start()]:
+                # A line break before any punctuation is itself a boundary (lists, paragraphs).
+                nl = self._buf.index("\n")
+                if self._buf[:nl].strip():
+                    return nl + 1
+            stripped = rest.lstrip()
+            if not stripped:
+                # Whitespace seen but not the next word yet, or nothing after: wait for more text.
+                return None
+            if len(stripped) == len(rest):
+                continue  # "3.5", "e.g.x", "...)" glued to more text: not an end
+            if self._is_abbreviation(m) or stripped[0].islower():
+                continue
+            return end
+        nl = self._buf.find("\n")
+        if nl > 0 and self._buf[:nl].strip() and self._buf[nl + 1:].strip():
+            return nl + 1
+        return None
+
+    def _is_abbreviation(self, m: re.Match[str]) -> bool:
+        if m.group(0)[0] != ".":
+            return False
+        before = _WORD_BEFORE.search(self._buf[: m.start()])
+        if before is None:
+            return False
+        word = before.group(1).lower().rstrip(".")
+        if word in ABBREVIATIONS:
+            return True
+        if len(word) == 1 and word.isalpha():
+            return True  # an initial: "J. Smith"
+        line_start = self._buf.rfind("\n", 0, m.start()) + 1
+        # "1. First item" at the start of a line is a list number, not an end.
+        return word.isdigit() and len(word) <= 2 and self._buf[line_start: m.start()].strip() == word
+
+    def _length_cut(self) -> int | None:
+        if len(self._buf) < self._max:
+            return None
+        window = self._buf[: self._max]
+        for sep in (", ", "; ", ": ", " – ", " - ", " "):
+            i = window.rfind(sep)
+            if i > self._max // 3:
+                return i + len(sep)
+        return self._max

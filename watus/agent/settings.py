@@ -1,0 +1,48 @@
+"""Settings of the agent process and the CLI's client side (`WATUS_AGENT_*`)."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from watus.config import DEFAULT_PORTS, WatusSettings
+
+
+class Language(str, enum.Enum):
+    en = "en"
+    pl = "pl"
+
+
+class AgentSettings(WatusSettings):
+    """The agent: where the other services are, who the robot is, and how turns are recorded."""
+
+    model_config = SettingsConfigDict(env_prefix="WATUS_AGENT_")
+
+    host: str = Field("127.0.0.1", description="Address of the agent's own HTTP server (/health, /metrics).")
+    port: int = Field(DEFAULT_PORTS["agent"], ge=1, le=65535, description="Port of the agent's HTTP server.")
+    llm_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['llm']}", description="LLM server base URL "
+                         "(any OpenAI-compatible server; `/v1` is appended).")
+    llm_model: str = Field("default", description="Model name sent to the LLM server.")
+    llm_api_key: str = Field("none", description="API key for the LLM server (when it asks for one).")
+    vision_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['vision']}", description="Vision service base URL.")
+    audio_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['audio']}", description="Audio service base URL.")
+    robot_name: str = Field("Watus", min_length=1, max_length=40, description="The robot's name.")
+    language: Language = Field(Language.en, description="Language the robot speaks: `en` or `pl`.")
+    persona: str | None = Field(None, description="Persona prompt; empty: the built-in one for the language.")
+    memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
+    max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
+    temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")
+    max_reply_chars: int = Field(600, ge=40, le=20_000, description="A reply is cut here (runaway or garbage "
+                                 "output never reaches the speaker in full).")
+    sentence_max_chars: int = Field(160, ge=20, le=2000, description="A sentence without punctuation is cut "
+                                    "at this length so speech can start.")
+    scene_max_age_ms: int = Field(2000, ge=50, le=600_000, description="An older scene is called stale and "
+                                  "the robot says so instead of describing it.")
+    service_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one call to vision or audio.")
+    llm_timeout_s: float = Field(60.0, gt=0, le=600, description="Timeout of one LLM request.")
+    turn_log: Path = Field(Path("var/log/turns.jsonl"), description="Turn log (one JSON line per turn).")
+    turn_log_max_bytes: int = Field(10_000_000, ge=10_000, description="Rotate the turn log at this size.")
+    turn_log_backups: int = Field(5, ge=0, le=100, description="Rotated turn logs kept.")
