@@ -19,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from watus import cli_ops
 from watus.bench.cli import bench_app
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
@@ -139,6 +140,9 @@ def config_reference(
 
 
 app.add_typer(bench_app, name="bench")
+app.command()(cli_ops.up)
+app.command()(cli_ops.status)
+app.command()(cli_ops.doctor)
 
 
 def main() -> None:

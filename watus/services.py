@@ -1,0 +1,108 @@
+"""The four Watus processes as the CLI sees them: how to start each, where it answers, and its health.
+
+`watus up`, `status` and `doctor` work from this table, so a port or module changes in one place. The
+URLs follow each service's own settings (`WATUS_LLM_PORT`, ...), the same env vars the services read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from watus.config import DEFAULT_PORTS
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    env_prefix: str
+    default_port: int
+
+    def url(self, env: dict[str, str] | None = None) -> str:
+        source = os.environ if env is None else env
+        host = source.get(f"{self.env_prefix}HOST", "127.0.0.1")
+        port = source.get(f"{self.env_prefix}PORT", str(self.default_port))
+        return f"http://{host}:{port}"
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("llm", "trt_server", "WATUS_LLM_", DEFAULT_PORTS["llm"]),
+    Service("vision", "vision", "WATUS_VISION_", DEFAULT_PORTS["vision"]),
+    Service("audio", "audio", "WATUS_AUDIO_", DEFAULT_PORTS["audio"]),
+    Service("agent", "watus", "WATUS_AGENT_", DEFAULT_PORTS["agent"]),
+)
+BY_NAME = {s.name: s for s in SERVICES}
+
+
+@dataclass
+class Health:
+    name: str
+    url: str
+    ok: bool
+    status: str
+    body: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float | None = None
+
+
+async def check(service: Service, client: httpx.AsyncClient, env: dict[str, str] | None = None) -> Health:
+    url = service.url(env)
+    start = time.perf_counter()
+    try:
+        r = await client.get(url + "/health")
+    except httpx.HTTPError as e:
+        return Health(service.name, url, False, f"down ({type(e).__name__})")
+    ms = (time.perf_counter() - start) * 1000
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    status = str(body.get("status", r.status_code)) if isinstance(body, dict) else str(r.status_code)
+    return Health(service.name, url, r.status_code == 200, status, body if isinstance(body, dict) else {}, ms)
+
+
+async def check_all(names: list[str] | None = None, timeout_s: float = 2.0) -> list[Health]:
+    chosen = [BY_NAME[n] for n in names] if names else list(SERVICES)
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        return list(await asyncio.gather(*(check(s, client) for s in chosen)))
+
+
+@dataclass
+class Managed:
+    """A process started by `watus up`."""
+
+    service: Service
+    log_path: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.service.module], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
