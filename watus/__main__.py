@@ -1,0 +1,46 @@
+"""`python -m watus`: the agent process (voice loop + /health, /metrics, /v1/chat), as systemd runs it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from watus import sdnotify
+from watus.agent.app import create_app
+from watus.agent.settings import AgentSettings
+from watus.logs import setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m watus", description="Watus agent process.")
+    p.add_argument("--host", help="listen address (WATUS_AGENT_HOST)")
+    p.add_argument("--port", type=int, help="port (WATUS_AGENT_PORT)")
+    p.add_argument("--no-voice", action="store_true", help="serve /v1/chat only, without the voice loop")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    try:
+        settings = AgentSettings(**overrides)
+    except ValidationError as e:
+        print(f"watus agent: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_json)
+    server: uvicorn.Server | None = None
+
+    async def on_ready() -> None:
+        while server is not None and not server.started and not server.should_exit:  # noqa: ASYNC110 (a flag only)
+            await asyncio.sleep(0.05)
+        sdnotify.ready("voice loop running")
+
+    app = create_app(settings, voice_loop=not args.no_voice, on_ready=on_ready)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                           access_log=False, timeout_graceful_shutdown=10))
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The agent process (`python -m watus`): the voice loop plus a small HTTP API.
+
+`GET /health` reports whether the LLM, vision and audio services answer and whether the audio event
+stream is connected; the agent itself is healthy once its loop runs, because a robot whose camera is
+unplugged should still talk. `GET /metrics` has each turn stage's latency and e2e as histograms.
+`POST /v1/chat` runs a text turn through the same brain (the CLI's `watus chat` and tests use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from watus import metrics as m
+from watus import sdnotify
+from watus.agent.audio_client import AudioClient
+from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
+from watus.agent.scene import VisionClient
+from watus.agent.settings import AgentSettings
+from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
+from watus.agent.voice import VoiceLoop
+from watus.timing import new_turn_id
+
+log = logging.getLogger(__name__)
+
+
+class ChatRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+    new_session: bool = False
+    stream: bool = False
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = m.new_registry()
+        self.e2e = m.latency_histogram("watus_turn_e2e_seconds", "End of speech to playback start (t1 - t0).",
+                                       self.registry)
+        self.stage = m.latency_histogram("watus_turn_stage_seconds", "Each stage after end of speech.",
+                                         self.registry, ("stage",))
+        self.turns = m.counter("watus_turns", "Finished turns.", self.registry, ("outcome",))
+
+    def observe(self, rec: TurnRecord) -> None:
+        outcome = "error" if rec.error else "interrupted" if rec.interrupted else "ok"
+        self.turns.labels(outcome).inc()
+        if rec.e2e_ms is not None:
+            self.e2e.observe(rec.e2e_ms / 1000)
+        t0 = rec.t_ns.get("speech_end")
+        for stage in STAGES[1:]:
+            if t0 is not None and stage in rec.t_ns:
+                self.stage.labels(stage).observe(max(0.0, (rec.t_ns[stage] - t0) / 1e9))
+
+
+class AgentState:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        self.vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
+        self.audio = AudioClient(settings.audio_url, settings.service_timeout_s)
+        self.agent = build_agent(settings)
+        self.session = Session(new_turn_id(), settings.memory_turns)
+        self.turn_log = TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups)
+        self.loop = VoiceLoop(settings, self.agent, self.session, self.vision, self.audio, self.turn_log,
+                              on_record=self.metrics.observe)
+
+
+def get_state(request: Request) -> AgentState:
+    state: AgentState | None = request.app.state.agent
+    if state is None:
+        raise HTTPException(503, "agent starting")
+    return state
+
+
+State = Annotated[AgentState, Depends(get_state)]
+
+
+async def _warm_llm(state: AgentState) -> None:
+    """One 1-token turn so the LLM server has the persona and tools prefilled (cached) before anyone talks."""
+    try:
+        deps = TurnDeps(vision=None, view=None, language=state.settings.language.value)
+        await state.agent.run("Hi", deps=deps, model_settings={"max_tokens": 1})
+        log.info("LLM prefix warmed")
+    except Exception as e:  # the LLM may not be up yet; the first real turn then pays the prefill
+        log.info("LLM warm-up skipped: %s", e)
+
+
+async def _probe(url: str) -> dict[str, Any]:
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            r = await http.get(url.rstrip("/") + "/health")
+        return {"ok": r.status_code == 200, "status": r.json().get("status", r.status_code)}
+    except (httpx.HTTPError, ValueError) as e:
+        return {"ok": False, "status": f"down ({type(e).__name__})"}
+
+
+def create_app(settings: AgentSettings | None = None, voice_loop: bool = True,
+               on_ready: Callable[[], Coroutine[Any, Any, None]] | None = None) -> FastAPI:
+    settings = settings or AgentSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AgentState(settings)
+        app.state.agent = state
+        tasks = [asyncio.create_task(sdnotify.watchdog_loop()), asyncio.create_task(_warm_llm(state))]
+        if voice_loop:
+            tasks.append(asyncio.create_task(state.loop.run(), name="voice-loop"))
+        if on_ready is not None:
+            tasks.append(asyncio.create_task(on_ready()))
+        try:
+            yield
+        finally:
+            sdnotify.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await state.vision.aclose()
+            await state.audio.aclose()
+
+    app = FastAPI(title="Watus agent", version="0.1.0", lifespan=lifespan)
+    app.state.agent = None
+
+    @app.get("/health")
+    async def health(state: State) -> JSONResponse:
+        s = state.settings
+        llm, vision, audio = await asyncio.gather(_probe(s.llm_url), _probe(s.vision_url), _probe(s.audio_url))
+        return JSONResponse({
+            "status": "ok", "llm": llm, "vision": vision, "audio": audio,
+            "audio_events": "connected" if state.audio.connected else (state.audio.last_error or "connecting"),
+            "turns": state.loop.turns_done, "session": state.session.id,
+        })
+
+    @app.get("/metrics")
+    async def metrics(state: State) -> Response:
+        body, content_type = m.render(state.metrics.registry)
+        return Response(body, media_type=content_type)
+
+    @app.post("/v1/session/new")
+    async def new_session(state: State) -> dict[str, str]:
+        state.session.clear()
+        state.session.id = new_turn_id()
+        return {"session": state.session.id}
+
+    @app.post("/v1/chat")
+    async def chat(req: ChatRequest, state: State) -> Response:
+        if req.new_session:
+            state.session.clear()
+        view = await state.vision.look()
+        deps = TurnDeps(vision=state.vision, view=view, language=state.settings.language.value)
+        deltas = stream_reply(state.agent, state.session, req.text, deps, state.settings.max_reply_chars)
+        if req.stream:
+            async def body() -> AsyncIterator[bytes]:
+                async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                    async for d in deltas:
+                        yield d.encode()
+            return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        try:
+            text = "".join([d async for d in deltas])
+        except Exception as e:
+            raise HTTPException(502, f"the LLM failed: {type(e).__name__}: {e}") from e
+        return JSONResponse({"reply": text, "session": state.session.id,
+                             "scene": None if view.scene is None else {"age_ms": view.age_ms, "stale": view.stale},
+                             "vision_error": view.error})
+
+    return app

@@ -1,0 +1,72 @@
+"""The agent's side of the audio service: its event stream, `say` and `stop`.
+
+The event stream is the voice loop's input; it is read with a reconnecting SSE reader because the
+audio process may restart (systemd, `watus up`) and the agent must carry on when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from watus.timing import TURN_HEADER
+
+log = logging.getLogger(__name__)
+
+
+class AudioUnavailableError(Exception):
+    """The audio service did not take a request."""
+
+
+class AudioClient:
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self.connected = False
+        self.last_error: str | None = None
+
+    async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False) -> dict[str, Any]:
+        try:
+            r = await self._http.post("/v1/say", json={"text": text, "turn_id": turn_id, "final": final,
+                                                       "interrupt": interrupt}, headers={TURN_HEADER: turn_id})
+        except httpx.HTTPError as e:
+            raise AudioUnavailableError(f"audio service not reachable ({type(e).__name__})") from e
+        if r.status_code >= 400:
+            raise AudioUnavailableError(f"audio service refused to speak: {r.status_code} {r.text[:200]}")
+        return dict(r.json())
+
+    async def stop(self) -> None:
+        try:
+            await self._http.post("/v1/stop")
+        except httpx.HTTPError as e:
+            log.warning("could not stop playback: %s", e)
+
+    async def events(self, retry_max_s: float = 5.0) -> AsyncIterator[dict[str, Any]]:
+        """Events forever, reconnecting with backoff; `connected` tells whether the stream is up."""
+        delay = 0.2
+        while True:
+            try:
+                async with self._http.stream("GET", "/v1/events", timeout=httpx.Timeout(None, connect=5.0)) as r:
+                    if r.status_code != 200:
+                        raise AudioUnavailableError(f"/v1/events answered {r.status_code}")
+                    self.connected, self.last_error, delay = True, None, 0.2
+                    async for line in r.aiter_lines():
+                        if line.startswith("data:"):
+                            try:
+                                yield json.loads(line[5:].strip())
+                            except json.JSONDecodeError:
+                                log.warning("bad event from audio: %.100s", line)
+            except (httpx.HTTPError, AudioUnavailableError) as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+            self.connected = False
+            log.warning("audio events unavailable (%s); retrying in %.1f s", self.last_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(retry_max_s, delay * 2)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
