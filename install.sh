@@ -15,7 +15,9 @@ for arg in "$@"; do
   esac
 done
 
-APT_PACKAGES=(python3 python3-venv python3-pip python3-dev build-essential ca-certificates)
+# espeak-ng: the second TTS engine (Polish); libportaudio2: sound devices; libsndfile1: audio files.
+APT_PACKAGES=(python3 python3-venv python3-pip python3-dev build-essential ca-certificates
+              espeak-ng libportaudio2 libsndfile1)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from watus.bench import update_markdown_section
 from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
+from watus.bench.speech import speech
 from watus.bench.stats import Summary, fmt
 
 bench_app = typer.Typer(help="Benchmarks: LLM serving targets side by side, written to docs/benchmarks.md.",
@@ -120,6 +121,9 @@ def llm(
     console.print(f"raw runs: {result.jsonl_path}\nreport: {report}")
     if all(t.error is not None for t in result.targets):
         raise typer.Exit(code=1)
+
+
+bench_app.command("speech")(speech)
 
 
 if __name__ == "__main__":

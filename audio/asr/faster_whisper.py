@@ -1,0 +1,89 @@
+"""faster-whisper (CTranslate2) engine: tiny.en on the CPU here, any Whisper size on the robot's GPU.
+
+Imported only when selected. Decoding is tuned for short live utterances: greedy by default, no
+temperature fallback (a retry would double the latency of the turn it is meant to save), no
+conditioning on previous text, and no timestamps unless words are asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from audio.asr.base import (
+    AsrError,
+    AsrInfo,
+    AsrNotInstalledError,
+    AsrSegment,
+    TranscribeOptions,
+    WordTiming,
+)
+from audio.asr.models import resolve_asr_model
+from audio.pcm import F32
+from audio.settings import AudioSettings
+
+log = logging.getLogger(__name__)
+
+
+def language_codes() -> frozenset[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+class FasterWhisperEngine:
+    name = "faster_whisper"
+
+    def __init__(self, settings: AudioSettings) -> None:
+        self._settings = settings
+        self.path, self.model_id = resolve_asr_model(settings.asr_model, settings.model_cache_dir)
+        self.multilingual = False
+        self._model: Any = None
+
+    def load(self) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise AsrNotInstalledError("faster-whisper is not installed: pip install 'watus[audio]'") from e
+        # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise for a service.
+        logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.getLogger().level))
+        s = self._settings
+        try:
+            self._model = WhisperModel(str(self.path), device=s.asr_device, compute_type=s.asr_compute_type,
+                                       cpu_threads=s.asr_threads, num_workers=1)
+        except (RuntimeError, ValueError, OSError) as e:
+            raise AsrError(f"could not load the ASR model {self.path}: {e}") from e
+        self.multilingual = bool(self._model.model.is_multilingual)
+        log.info("ASR %s loaded from %s (%s/%s, multilingual=%s)", self.model_id, self.path, s.asr_device,
+                 s.asr_compute_type, self.multilingual)
+
+    def ready(self) -> bool:
+        return self._model is not None
+
+    def transcribe(self, audio: F32, options: TranscribeOptions) -> tuple[AsrInfo, Iterator[AsrSegment]]:
+        if self._model is None:
+            raise AsrError("ASR model not loaded")
+        language = options.language if self.multilingual else "en"
+        segments, info = self._model.transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32), language=language, task="transcribe",
+            beam_size=options.beam_size, temperature=options.temperature, initial_prompt=options.prompt or None,
+            hotwords=options.hotwords or None, condition_on_previous_text=False,
+            without_timestamps=not options.word_timestamps, word_timestamps=options.word_timestamps,
+            vad_filter=False,
+        )
+        meta = AsrInfo(language=str(info.language), language_probability=float(info.language_probability),
+                       duration=float(info.duration))
+        return meta, self._segments(segments, options.temperature)
+
+    @staticmethod
+    def _segments(segments: Iterator[Any], temperature: float) -> Iterator[AsrSegment]:
+        for s in segments:
+            words = [WordTiming(w.word, float(w.start), float(w.end), float(w.probability)) for w in s.words or []]
+            yield AsrSegment(id=int(s.id), start=float(s.start), end=float(s.end), text=str(s.text),
+                             tokens=[int(t) for t in s.tokens], avg_logprob=float(s.avg_logprob),
+                             compression_ratio=float(s.compression_ratio), no_speech_prob=float(s.no_speech_prob),
+                             temperature=float(s.temperature if s.temperature is not None else temperature),
+                             words=words)

@@ -1,0 +1,262 @@
+"""The listening pipeline: microphone blocks → VAD → utterances → ASR → events.
+
+Its own thread does the per-frame work (resampling, the VAD at ~0.3 ms a frame, segmentation), fed by a
+bounded queue that the capture callback fills without ever blocking (overflow is dropped and counted).
+Transcription goes to the ASR worker; its result is published from there. t0 of a turn is the moment
+the segmenter declares end of speech, on `time.monotonic_ns()`.
+
+At the first pause of an utterance (`asr_speculative_silence_ms`) a live stream starts transcribing
+what it has, so that by the end of the end-of-speech silence the transcript is mostly done; if speech
+resumes the speculative job is cancelled or ignored. The audio handed to ASR is the same either way
+(the utterance up to `tail_ms` after its last speech frame), so the transcript does not depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from audio.asr.base import TranscribeOptions
+from audio.asr.runner import AsrRunner, Transcript
+from audio.events import EventBus
+from audio.metrics import AudioMetrics
+from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
+from audio.protocol import event
+from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+from audio.settings import AudioSettings
+from audio.vad import Vad
+from watus.timing import new_turn_id
+
+log = logging.getLogger(__name__)
+
+
+class SpeakerState(Protocol):
+    """What the listener needs of the speaker: is the robot talking, and stop it (barge-in)."""
+
+    def talking(self, tail_ms: float = 0.0) -> bool: ...
+
+    def interrupt(self, reason: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class _End:
+    """Marker in the block queue: the input ended or the device restarted; close any utterance."""
+
+
+@dataclass
+class _Speculation:
+    future: Future[Transcript]
+    end: int
+
+
+def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: bool) -> SegmenterConfig:
+    return SegmenterConfig(
+        sample_rate=ASR_RATE, frame_samples=frame_samples, threshold=settings.vad_threshold,
+        min_speech_ms=settings.vad_min_speech_ms, end_silence_ms=settings.vad_end_silence_ms,
+        pre_speech_ms=settings.vad_pre_speech_ms, min_utterance_ms=settings.vad_min_utterance_ms,
+        max_utterance_ms=int(settings.vad_max_utterance_s * 1000),
+        pause_ms=settings.asr_speculative_silence_ms if speculative else None,
+        raised_threshold=settings.barge_in_threshold, raised_min_dbfs=settings.barge_in_min_dbfs,
+        raised_min_speech_ms=settings.barge_in_min_speech_ms,
+        tail_ms=settings.asr_speculative_silence_ms,
+    )
+
+
+class Listener:
+    def __init__(self, settings: AudioSettings, vad: Vad, asr: AsrRunner, bus: EventBus, metrics: AudioMetrics,
+                 speaker: SpeakerState | None, options: TranscribeOptions) -> None:
+        self._settings = settings
+        self._vad = vad
+        self._asr = asr
+        self._bus = bus
+        self._metrics = metrics
+        self._speaker = speaker
+        self._options = options
+        self._queue: queue.Queue[tuple[F32, int, int] | _End] = queue.Queue(settings.mic_queue_blocks)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.dropped_blocks = 0
+        self.realtime = True
+        self._seg = Segmenter(segmenter_config(settings, vad.frame_samples, True))
+        self._resampler: StreamResampler | None = None
+        self._buf = np.zeros(0, np.float32)
+        self._spec: _Speculation | None = None
+        self._speech_start_ns = 0
+        self._barge_in = False
+        # Maps a stream position (samples at 16 kHz) to the monotonic clock: the last block's end.
+        self._clock_pos = 0
+        self._clock_ns = 0
+
+    # --- producer side (capture thread): never blocks ---------------------------------------------------
+
+    def feed(self, block: F32, rate: int, t_ns: int) -> None:
+        try:
+            self._queue.put_nowait((block, rate, t_ns))
+        except queue.Full:
+            self.dropped_blocks += 1
+            self._metrics.dropped_frames.labels("queue_full").inc(len(block))
+
+    def end_of_input(self) -> None:
+        """Close the utterance in progress (input ended, or the device failed and will be reopened)."""
+        try:
+            self._queue.put_nowait(_End())
+        except queue.Full:
+            # Make room: losing one block of a stream that has ended anyway beats losing the marker.
+            self._queue.get_nowait()
+            self._queue.put_nowait(_End())
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._seg.in_speech
+
+    # --- the listener thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                if isinstance(item, _End):
+                    self._flush()
+                else:
+                    self._process(*item)
+            except Exception:  # one bad block must not end listening for good
+                log.exception("listener failed on a block; continuing")
+
+    def _flush(self) -> None:
+        if self._resampler is not None:
+            tail = self._resampler(np.zeros(0, np.float32), last=True)
+            self._buf = np.concatenate([self._buf, tail])
+            self._resampler = None
+        self._frames()
+        for ev in self._seg.flush():
+            self._handle(ev)
+        self._seg = Segmenter(self._seg.cfg)
+        self._vad.reset()
+        self._buf = np.zeros(0, np.float32)
+
+    def _process(self, block: F32, rate: int, t_ns: int) -> None:
+        if self._resampler is None or self._resampler.rate_in != rate:
+            self._resampler = StreamResampler(rate, ASR_RATE)
+        samples = self._resampler(block)
+        self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples
+        self._clock_pos = self._seg.position + len(self._buf)
+        self._clock_ns = t_ns
+        self._frames()
+
+    def _frames(self) -> None:
+        n = self._vad.frame_samples
+        while len(self._buf) >= n:
+            frame, self._buf = self._buf[:n], self._buf[n:]
+            prob = self._vad(frame)
+            gate = self._gate()
+            level = dbfs(frame) if gate is Gate.raised else 0.0
+            for ev in self._seg.push(frame, prob, level, gate):
+                self._handle(ev)
+
+    def _gate(self) -> Gate:
+        s = self._settings
+        if self._speaker is None or not s.half_duplex or not self._speaker.talking(s.echo_tail_ms):
+            return Gate.open
+        return Gate.raised if s.barge_in else Gate.closed
+
+    def _at(self, pos: int) -> int:
+        """Capture time (monotonic ns) of stream position `pos`, from the latest block's timestamp."""
+        return self._clock_ns - int((self._clock_pos - pos) * 1e9 / ASR_RATE)
+
+    def _handle(self, ev: object) -> None:
+        now = time.monotonic_ns()
+        if isinstance(ev, SpeechStart):
+            self._speech_start_ns = now
+            talking = self._speaker is not None and self._speaker.talking()
+            self._barge_in = bool(talking and self._settings.barge_in and self._speaker is not None
+                                  and self._speaker.interrupt("barge_in"))
+            self._bus.publish_threadsafe(event("speech_started", now, audio_s=round(ev.start / ASR_RATE, 3),
+                                               captured_ns=self._at(ev.start), barge_in=self._barge_in))
+        elif isinstance(ev, Pause):
+            # Only where time is real: a file read as fast as possible reaches the end at once anyway.
+            if self.realtime and self._settings.asr_speculative:
+                self._speculate(ev)
+        elif isinstance(ev, Resume):
+            self._cancel_speculation()
+        elif isinstance(ev, Dropped):
+            self._cancel_speculation()
+            self._metrics.utterances.labels("too_short").inc()
+            self._bus.publish_threadsafe(event("speech_ended", now, audio_s=round(ev.end / ASR_RATE, 3),
+                                               dropped=ev.reason))
+        elif isinstance(ev, SpeechEnd):
+            self._end_of_speech(ev, now)
+
+    def _speculate(self, ev: Pause) -> None:
+        self._cancel_speculation()
+        self._spec = _Speculation(self._asr.submit(ev.audio, self._options, source="mic"), ev.end)
+
+    def _cancel_speculation(self) -> None:
+        if self._spec is not None:
+            self._spec.future.cancel()
+            self._metrics.speculative.labels("discarded").inc()
+            self._spec = None
+
+    def _end_of_speech(self, ev: SpeechEnd, t0: int) -> None:
+        turn = new_turn_id()
+        self._metrics.utterances.labels(ev.reason).inc()
+        speech_ms = (ev.end - ev.start) * 1000 / ASR_RATE
+        self._bus.publish_threadsafe(event(
+            "speech_ended", t0, turn, audio_s=round(ev.end / ASR_RATE, 3), speech_ms=round(speech_ms, 1),
+            reason=ev.reason, captured_ns=self._at(ev.end)))
+        spec, self._spec = self._spec, None
+        if spec is not None and spec.end == ev.end and not spec.future.cancelled():
+            future, speculative = spec.future, True
+            self._metrics.speculative.labels("used").inc()
+        else:
+            if spec is not None:
+                spec.future.cancel()
+            future, speculative = self._asr.submit(ev.audio, self._options, source="mic"), False
+        start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE
+        silence_ms = (self._seg.position - ev.end) * 1000 / ASR_RATE
+        barge_in, speech_start_ns = self._barge_in, self._speech_start_ns
+
+        def done(f: Future[Transcript]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("transcription of turn %s failed: %s", turn, exc)
+                return
+            t = f.result()
+            now = time.monotonic_ns()
+            eos_ms = (now - t0) / 1e6
+            self._metrics.eos_to_transcript.observe(eos_ms / 1000)
+            stages = {"speech": round(speech_ms, 1), "end_silence": round(silence_ms, 1),
+                      "asr_queue": round(t.queue_ms, 1), "asr": round(t.asr_ms, 1),
+                      "eos_to_transcript": round(eos_ms, 1)}
+            log.info("turn %s: %r (%.0f ms after end of speech%s)", turn, t.text, eos_ms,
+                     ", speculative" if speculative else "")
+            self._bus.publish_threadsafe(event(
+                "transcript", now, turn, text=t.text, language=t.language,
+                language_probability=round(t.language_probability, 3), t0_ns=t0, speech_started_ns=speech_start_ns,
+                audio_start_s=round(start_s, 3), audio_end_s=round(end_s, 3), stages_ms=stages,
+                speculative=speculative, rtf=round(t.rtf, 4), barge_in=barge_in))
+
+        future.add_done_callback(done)

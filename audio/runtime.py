@@ -1,0 +1,158 @@
+"""Composition of the audio process: models, speaker, listener and microphone, started and stopped together.
+
+`load_models` loads and warms the engines in their worker threads (they can be shared, e.g. by the
+tests of one module); `AudioRuntime` wires them to a bus, a speaker and an optional microphone. The
+FastAPI lifespan holds one runtime; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from audio.asr import select_asr
+from audio.asr.base import TranscribeOptions
+from audio.asr.runner import AsrRunner
+from audio.devices import SourceFactory, select_sink, select_source
+from audio.devices.base import AudioSink
+from audio.devices.supervisor import MicSupervisor
+from audio.events import EventBus
+from audio.listen import Listener
+from audio.metrics import AudioMetrics
+from audio.protocol import event
+from audio.settings import AudioSettings
+from audio.speak import SpeakQueue
+from audio.tts import Voices, select_tts
+from audio.tts.runner import TtsRunner
+from audio.vad import select_vad
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    asr: AsrRunner
+    tts: TtsRunner
+    voices: Voices
+    load_ms: dict[str, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.asr.close()
+        self.tts.close()
+
+
+def asr_options(settings: AudioSettings) -> TranscribeOptions:
+    return TranscribeOptions(language=settings.asr_language, hotwords=settings.asr_hotwords,
+                             beam_size=settings.asr_beam_size)
+
+
+async def load_models(settings: AudioSettings, metrics: AudioMetrics | None = None) -> Models:
+    """Load ASR and TTS (in parallel, each in its own worker) and warm them up. Raises on a missing model."""
+    # Resolving may join the multilingual model's halves (145 MB) the first time: not on the event loop.
+    asr_engine = await asyncio.to_thread(select_asr, settings)
+    tts_engines = await asyncio.to_thread(select_tts, settings)
+    asr = AsrRunner(asr_engine, metrics)
+    tts = TtsRunner(metrics)
+    times: dict[str, float] = {}
+
+    async def timed(name: str, fut: asyncio.Future[Any]) -> None:
+        t = time.perf_counter()
+        await fut
+        times[name] = round((time.perf_counter() - t) * 1000, 1)
+
+    def load_tts() -> None:
+        for engine in tts_engines:
+            engine.load()
+
+    await asyncio.gather(timed("asr_load", asyncio.wrap_future(asr.load())),
+                         timed("tts_load", asyncio.wrap_future(tts.run(load_tts))))
+    voices = Voices(tts_engines)
+    if settings.warmup:
+        default = voices.default
+
+        def warm_tts() -> None:
+            for _ in default.engine.synthesize("Hello, I am ready.", default.voice, 1.0):
+                pass
+
+        await asyncio.gather(timed("asr_warmup", asyncio.wrap_future(asr.warm_up(asr_options(settings)))),
+                             timed("tts_warmup", asyncio.wrap_future(tts.run(warm_tts))))
+    log.info("models ready: ASR %s, default voice %s (%s)", asr_engine.model_id, voices.default.name, times)
+    return Models(asr, tts, voices, times)
+
+
+class AudioRuntime:
+    def __init__(self, settings: AudioSettings, models: Models, bus: EventBus, metrics: AudioMetrics, *,
+                 source_factory: SourceFactory | None = None, sink: AudioSink | None = None,
+                 use_settings_mic: bool = True) -> None:
+        self.settings = settings
+        self.models = models
+        self.bus = bus
+        self.metrics = metrics
+        self._source_factory = source_factory
+        self._use_settings_mic = use_settings_mic
+        self._sink = sink
+        self.speaker: SpeakQueue | None = None
+        self.listener: Listener | None = None
+        self.mic: MicSupervisor | None = None
+        self._mic_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        # Selection may probe PortAudio for devices (`auto`), which blocks: done in a thread.
+        sink = self._sink
+        if sink is None:
+            sink = await asyncio.to_thread(select_sink, s, self.models.voices.default.engine.sample_rate)
+        self.speaker = SpeakQueue(self.models.tts, sink, self.bus, self.metrics, block_ms=s.speaker_block_ms,
+                                  max_pieces=s.speak_queue_size, first_clause=s.tts_first_clause)
+        await self.speaker.start()
+        factory = self._source_factory
+        if factory is None and self._use_settings_mic:
+            factory = await asyncio.to_thread(
+                select_source, s, lambda: self.metrics.dropped_frames.labels("device").inc())
+        if factory is None:
+            log.info("no microphone: listening is off (WATUS_AUDIO_MIC_BACKEND)")
+            return
+        vad = await asyncio.to_thread(select_vad, s)
+        self.listener = Listener(s, vad, self.models.asr, self.bus, self.metrics, self.speaker, asr_options(s))
+        self.listener.start()
+        listener = self.listener
+        self.mic = MicSupervisor(factory, listener.feed, listener.end_of_input, s.mic_retry_initial_s,
+                                 s.mic_retry_max_s, s.mic_stall_timeout_s, on_failure=self._mic_failed,
+                                 on_start=lambda src: setattr(listener, "realtime", src.realtime))
+        self._mic_task = asyncio.create_task(self.mic.run(), name="mic-supervisor")
+
+    def _mic_failed(self) -> None:
+        self.metrics.mic_restarts.inc()
+        if self.mic is not None:
+            self.bus.publish(event("mic", time.monotonic_ns(), None, **self.mic.state.as_dict()))
+
+    async def close(self) -> None:
+        if self.mic is not None:
+            self.mic.stop()
+        if self._mic_task is not None:
+            await asyncio.gather(self._mic_task, return_exceptions=True)
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
+        if self.speaker is not None:
+            await self.speaker.close()
+
+    def health(self) -> dict[str, object]:
+        mic: dict[str, object] = {"state": "none"}
+        if self.mic is not None:
+            mic = self.mic.state.as_dict()
+        if self.listener is not None:
+            mic["dropped_blocks"] = self.listener.dropped_blocks
+            mic["in_speech"] = self.listener.in_speech
+        speaker: dict[str, object] = {}
+        if self.speaker is not None:
+            speaker = {"device": self.speaker.sink_name, "talking": self.speaker.talking(),
+                       "turn_id": self.speaker.active_turn, "queue_depth": self.speaker.queue_depth}
+        return {"mic": mic, "speaker": speaker}
+
+    @property
+    def degraded(self) -> bool:
+        return self.mic is not None and self.mic.state.state in ("retrying", "starting") and \
+            self.mic.state.attempts > 0

