@@ -28,6 +28,7 @@ from audio.runtime import AudioRuntime, Models, load_models
 from audio.serving import AudioState, check_text, resolve_voice, speech, transcribe_upload
 from audio.settings import AudioSettings
 from watus import metrics as m
+from watus.memwatch import SwapWatch
 from watus.timing import TURN_HEADER, clean_turn_id
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,9 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
     return app
 
 
+_MEMWATCH = SwapWatch(name="audio")
+
+
 def _health_body(app: FastAPI) -> dict[str, Any]:
     state: AudioState | None = app.state.audio
     if state is None:
@@ -209,4 +213,5 @@ def _health_body(app: FastAPI) -> dict[str, Any]:
         "half_duplex": state.settings.half_duplex,
         **runtime.health(),
         "events_clients": state.bus.subscribers,
+        "memory": _MEMWATCH.check(),
     }

@@ -29,6 +29,7 @@ from trt_server.settings import LLMSettings
 from trt_server.templating import ChatTemplate
 from watus import metrics as m
 from watus import sdnotify
+from watus.memwatch import SwapWatch
 from watus.timing import TURN_HEADER, clean_turn_id
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def create_app(settings: LLMSettings | None = None,
 
     app = FastAPI(title="Watus LLM server", version="0.1.0", lifespan=lifespan)
     app.state.registry = m.new_registry()
+    app.state.memwatch = SwapWatch(name="llm")
     app.state.metrics = LLMMetrics(app.state.registry)
     install_error_handlers(app)
     app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -169,7 +171,7 @@ def create_app(settings: LLMSettings | None = None,
             return JSONResponse({"status": "error" if error else "loading", "error": error}, status_code=503)
         return JSONResponse({
             "status": "ok", "model": state.model_id, "engine": state.engine.capabilities.name,
-            "waiting": state.admission.waiting,
+            "waiting": state.admission.waiting, "memory": request.app.state.memwatch.check(),
         })
 
     @app.get("/metrics")

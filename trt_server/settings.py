@@ -53,8 +53,8 @@ class LLMSettings(WatusSettings):
                                     "(capped by the context left).")
     api_key: SecretStr | None = Field(None, description="If set, requests need `Authorization: Bearer <key>`.")
     kv_cache_free_gpu_memory_fraction: float = Field(
-        0.5, gt=0, le=1.0, description="trtllm: share of free GPU memory for the KV cache (the Orin shares it "
-        "with vision and audio).",
+        0.5, gt=0, le=1.0, description="trtllm: share of free GPU memory for the KV cache. On an Orin the GPU's "
+        "memory is the system's, shared with vision and audio: use 0.10 there (deploy/jetson/README.md).",
     )
     warmup: bool = Field(True, description="Run one short generation before reporting healthy.")
 

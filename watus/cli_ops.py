@@ -123,12 +123,16 @@ def status(
     only: Annotated[list[str] | None, typer.Option("--only", help="Check only these services.")] = None,
 ) -> None:
     """Health of every service, and of this machine (memory, swap, CPU; GPU via tegrastats on a Jetson)."""
+    from watus.memwatch import SwapWatch
     from watus.telemetry import sample_psutil
 
     rows = asyncio.run(check_all(only))
     console.print(_health_table(rows))
     sample = sample_psutil()
     console.print(f"machine: {sample}")
+    memory = SwapWatch(name="status").check()
+    style = "yellow" if memory.get("status") == "warn" else "green"
+    console.print(f"memory: [{style}]{memory.get('status')}[/{style}] {memory.get('message', '')}")
     if not all(h.ok for h in rows):
         raise typer.Exit(1)
 

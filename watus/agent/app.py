@@ -28,6 +28,7 @@ from watus.agent.scene import VisionClient
 from watus.agent.settings import AgentSettings
 from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
 from watus.agent.voice import VoiceLoop
+from watus.memwatch import SwapWatch
 from watus.timing import new_turn_id
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class AgentState:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.metrics = AgentMetrics()
+        self.memwatch = SwapWatch(name="agent")
         self.vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
         self.audio = AudioClient(settings.audio_url, settings.service_timeout_s)
         self.agent = build_agent(settings)
@@ -134,7 +136,7 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True,
         return JSONResponse({
             "status": "ok", "llm": llm, "vision": vision, "audio": audio,
             "audio_events": "connected" if state.audio.connected else (state.audio.last_error or "connecting"),
-            "turns": state.loop.turns_done, "session": state.session.id,
+            "turns": state.loop.turns_done, "session": state.session.id, "memory": state.memwatch.check(),
         })
 
     @app.get("/metrics")

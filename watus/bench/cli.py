@@ -17,6 +17,7 @@ from rich.table import Table
 
 from watus.bench import update_markdown_section
 from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
+from watus.bench.degradation import degradation
 from watus.bench.speech import speech
 from watus.bench.stats import Summary, fmt
 
@@ -124,6 +125,7 @@ def llm(
 
 
 bench_app.command("speech")(speech)
+bench_app.command("degradation")(degradation)
 
 
 if __name__ == "__main__":
