@@ -1,26 +1,23 @@
-"""The `watus` command line.
+"""The `watus` command line: chat, listen, ask, up, status, doctor, bench, models, config.
 
-For now: `watus chat` (starts the LLM server on the CPU defaults when none is running, then chats with
-it, streaming), `watus config` (every setting with its env var and default) and `watus bench`.
+Commands that need the LLM server start it on the CPU defaults when none answers (and stop it after),
+so each works on a fresh machine right after `./install.sh`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
+import asyncio
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
 from watus import cli_ops
+from watus.agent.settings import AgentSettings
 from watus.bench.cli import bench_app
+from watus.services import llm_server
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
                   add_completion=False)
@@ -28,105 +25,104 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _llm_url_default() -> str:
-    from trt_server.settings import LLMSettings
+async def _chat(settings: AgentSettings, prompt: str | None) -> None:
+    """Text turns through the agent's brain: the scene (if vision runs), memory, streaming reply."""
+    from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
+    from watus.agent.scene import VisionClient
+    from watus.timing import new_turn_id
 
-    s = LLMSettings()
-    return f"http://{s.host}:{s.port}"
-
-
-def _healthy(url: str) -> bool:
+    agent = build_agent(settings)
+    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
+    session = Session(new_turn_id(), settings.memory_turns)
     try:
-        return httpx.get(url + "/health", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@contextlib.contextmanager
-def _llm_server(url: str, start: bool, log_path: Path) -> Iterator[None]:
-    """Use the server at `url`, or start `python -m trt_server` there and stop it afterwards."""
-    if _healthy(url):
-        yield
-        return
-    if not start:
-        err.print(f"[red]No LLM server at {url}[/red]: start one with `python -m trt_server`, or drop --no-start.")
-        raise typer.Exit(2)
-    port = httpx.URL(url).port or 8080
-    host = httpx.URL(url).host
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WATUS_LLM_PORT": str(port), "WATUS_LLM_HOST": host}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "trt_server"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with console.status(f"Starting the LLM server on {url} (log: {log_path}) ..."):
-            deadline = time.monotonic() + 180
-            while not _healthy(url):
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                    err.print(f"[red]The LLM server exited ({proc.returncode}):[/red]\n" + "\n".join(tail))
-                    raise typer.Exit(1)
-                if time.monotonic() > deadline:
-                    err.print(f"[red]The LLM server did not become healthy in 180 s; see {log_path}[/red]")
-                    raise typer.Exit(1)
-                time.sleep(0.2)
-        yield
+        while True:
+            if prompt is None:
+                try:
+                    line = (await asyncio.to_thread(console.input, "[bold cyan]you> [/bold cyan]")).strip()
+                except (EOFError, KeyboardInterrupt):
+                    console.print()
+                    return
+                if not line:
+                    return
+                console.print("[bold green]watus>[/bold green] ", end="")
+            else:
+                line = prompt
+            view = await vision.look()
+            deps = TurnDeps(vision=vision, view=view, language=settings.language.value)
+            async for delta in stream_reply(agent, session, line, deps, settings.max_reply_chars):
+                console.print(delta, end="", markup=False, highlight=False, soft_wrap=True)
+            console.print()
+            if prompt is not None:
+                return
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _stream_reply(client: Any, model: str, history: list[dict[str, str]], max_tokens: int,
-                  temperature: float) -> str:
-    stream = client.chat.completions.create(model=model, messages=history, stream=True,
-                                            max_tokens=max_tokens, temperature=temperature)
-    parts: list[str] = []
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            piece = chunk.choices[0].delta.content
-            parts.append(piece)
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
-    console.print()
-    return "".join(parts)
+        await vision.aclose()
 
 
 @app.command()
 def chat(
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Ask once and exit.")] = None,
-    url: Annotated[str | None, typer.Option(help="LLM server base URL (default from WATUS_LLM_HOST/PORT).")] = None,
-    system: Annotated[str, typer.Option(help="System prompt.")] = "You are Watus, a helpful robot.",
-    max_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
+    url: Annotated[str | None, typer.Option(help="LLM server base URL (default: WATUS_AGENT_LLM_URL).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
     start: Annotated[bool, typer.Option(help="Start the LLM server if none is running.")] = True,
     log_dir: Annotated[Path, typer.Option(help="Where a started server writes its log.")] = Path("var/log"),
 ) -> None:
-    """Chat with the LLM in the terminal (streaming). Empty line or Ctrl-D ends."""
-    import openai
+    """Text chat with the agent in the terminal (streaming; uses the camera scene if vision runs)."""
+    overrides = {k: v for k, v in {"llm_url": url, "max_tokens": max_tokens, "temperature": temperature}.items()
+                 if v is not None}
+    settings = AgentSettings(**overrides)  # type: ignore[arg-type]
+    base = settings.llm_url.rstrip("/")
+    with llm_server(base, start, log_dir / "llm.log", console, err):
+        if prompt is None:
+            console.print(f"[bold]Chatting with {settings.robot_name}[/bold] (LLM at {base}) — empty line to quit.")
+        asyncio.run(_chat(settings, prompt))
 
-    base = (url or _llm_url_default()).rstrip("/")
-    with _llm_server(base, start, log_dir / "llm.log"):
-        client = openai.OpenAI(base_url=base + "/v1", api_key=os.environ.get("WATUS_LLM_API_KEY") or "none")
-        model = client.models.list().data[0].id
-        history = [{"role": "system", "content": system}]
-        if prompt is not None:
-            history.append({"role": "user", "content": prompt})
-            _stream_reply(client, model, history, max_tokens, temperature)
-            return
-        console.print(f"[bold]Chatting with {model}[/bold] at {base} — empty line to quit.")
-        while True:
-            try:
-                line = console.input("[bold cyan]you> [/bold cyan]").strip()
-            except (EOFError, KeyboardInterrupt):
-                console.print()
-                break
-            if not line:
-                break
-            history.append({"role": "user", "content": line})
-            console.print("[bold green]watus>[/bold green] ", end="")
-            reply = _stream_reply(client, model, history, max_tokens, temperature)
-            history.append({"role": "assistant", "content": reply})
+
+@app.command()
+def ask(
+    wav: Annotated[Path | None, typer.Option("--wav", help="The spoken question (WAV/FLAC/OGG/MP3).",
+                                              exists=True, dir_okay=False)] = None,
+    text: Annotated[str | None, typer.Option("--text", help="Or: a question piper speaks first (demo).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the spoken reply here (WAV).")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="The scene: this image (else the running vision "
+                                                "service, if any).", exists=True, dir_okay=False)] = None,
+    start: Annotated[bool, typer.Option(help="Start the LLM server if none is running.")] = True,
+    log_dir: Annotated[Path, typer.Option(help="Where a started server writes its log.")] = Path("var/log"),
+) -> None:
+    """One spoken turn offline: transcribe, look, think, speak into OUT.wav; print the latency breakdown."""
+    from rich.table import Table
+
+    from watus.agent.ask import ask as run_ask
+    from watus.agent.ask import breakdown
+
+    if (wav is None) == (text is None):
+        err.print("[red]Give exactly one of --wav FILE or --text 'question'.[/red]")
+        raise typer.Exit(2)
+    settings = AgentSettings()
+    with (llm_server(settings.llm_url.rstrip("/"), start, log_dir / "llm.log", console, err),
+          console.status("Loading speech models and answering ...")):
+        try:
+            result = asyncio.run(run_ask(wav, text, image, settings))
+        except Exception as e:  # a bad file or a missing model: one line, no traceback
+            err.print(f"[red]ask failed:[/red] {type(e).__name__}: {e}")
+            raise typer.Exit(1) from e
+    if out is not None:
+        import soundfile as sf
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(out, result.audio, result.sample_rate, subtype="PCM_16")
+    console.print(f"[bold]transcript:[/bold] {result.transcript}")
+    console.print("[bold]scene:[/bold] ", end="")
+    console.print(result.scene, markup=False)
+    console.print(f"[bold]reply:[/bold] {result.reply}")
+    table = Table(title="latency (ms from the start of transcription)")
+    table.add_column("stage")
+    table.add_column("ms", justify="right")
+    for name, ms in breakdown(result):
+        table.add_row(name, f"{ms:.0f}")
+    console.print(table)
+    if out is not None:
+        console.print(f"spoken reply: {out} ({len(result.audio) / result.sample_rate:.1f} s)")
 
 
 @app.command("config")

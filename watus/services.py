@@ -7,15 +7,19 @@ URLs follow each service's own settings (`WATUS_LLM_PORT`, ...), the same env va
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
+from rich.console import Console
 
 from watus.config import DEFAULT_PORTS
 
@@ -106,3 +110,41 @@ class Managed:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + "/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def llm_server(url: str, start: bool, log_path: Path, console: Console, err: Console) -> Iterator[None]:
+    """Use the LLM server at `url`, or start `python -m trt_server` there (with a spinner) and stop it after."""
+    if healthy(url):
+        yield
+        return
+    if not start:
+        err.print(f"[red]No LLM server at {url}[/red]: start one with `python -m trt_server`, or drop --no-start.")
+        raise typer.Exit(2)
+    parsed = httpx.URL(url)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WATUS_LLM_PORT": str(parsed.port or DEFAULT_PORTS["llm"]), "WATUS_LLM_HOST": parsed.host}
+    managed = Managed(BY_NAME["llm"], log_path, env)
+    managed.start()
+    try:
+        with console.status(f"Starting the LLM server on {url} (log: {log_path}) ..."):
+            deadline = time.monotonic() + 180
+            while not healthy(url):
+                if not managed.alive:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                    err.print("[red]The LLM server exited:[/red]\n" + "\n".join(tail))
+                    raise typer.Exit(1)
+                if time.monotonic() > deadline:
+                    err.print(f"[red]The LLM server did not become healthy in 180 s; see {log_path}[/red]")
+                    raise typer.Exit(1)
+                time.sleep(0.2)
+        yield
+    finally:
+        managed.stop()
