@@ -144,7 +144,7 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
         speaker = state.runtime.speaker
         assert speaker is not None
         turn = req.turn_id or clean_turn_id(x_watus_turn)
-        result: SayResponse = await speaker.say(text, voice, req.speed, turn, req.interrupt, req.final)
+        result: SayResponse = await speaker.say(text, voice, req.speed, turn, req.interrupt, req.final, req.sequential)
         return JSONResponse(result.model_dump(), status_code=202, headers={TURN_HEADER: result.turn_id})
 
     @app.post("/v1/stop")

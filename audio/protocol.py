@@ -55,6 +55,8 @@ class SayRequest(_Lenient):
     interrupt: bool = Field(False, description="Stop what is playing and clear the queue first.")
     final: bool = Field(False, description="The last text of this turn: the `playback_finished` event after it "
                         "has played carries `final: true`, so the caller knows the whole reply was spoken.")
+    sequential: bool = Field(False, description="Synthesise all of the text before playing any of it (the "
+                             "baseline of `watus bench e2e`; normally each sentence plays as soon as it exists).")
 
     @field_validator("turn_id")
     @classmethod

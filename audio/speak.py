@@ -46,6 +46,7 @@ class _Job:
     speed: float
     received_ns: int
     final: bool = False
+    sequential: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,19 +135,19 @@ class SpeakQueue:
     # --- commands (event loop) -------------------------------------------------------------------------
 
     async def say(self, text: str, voice: VoiceRef, speed: float = 1.0, turn_id: str | None = None,
-                  interrupt: bool = False, final: bool = False) -> SayResponse:
+                  interrupt: bool = False, final: bool = False, sequential: bool = False) -> SayResponse:
         received = time.monotonic_ns()
         if interrupt:
             self.interrupt("replaced")
         # Splitting the first sentence only pays when nothing plays before it; otherwise keep the prosody.
-        pieces = speakable_pieces(text, self._first_clause and not self.talking())
+        pieces = speakable_pieces(text, self._first_clause and not self.talking() and not sequential)
         if self._pieces + len(pieces) > self._max_pieces:
             raise QueueFullError(f"The speaking queue is full ({self._pieces} sentences waiting, limit "
                                  f"{self._max_pieces}); try again later or POST /v1/stop.",
                                  headers={"Retry-After": "1"})
         turn = turn_id or new_turn_id()
         with self._lock:
-            job = _Job(self._gen, turn, pieces, voice, speed, received, final)
+            job = _Job(self._gen, turn, pieces, voice, speed, received, final, sequential)
             self._outstanding += 1
         self._set_pieces(len(pieces))
         self._jobs.put_nowait(job)
@@ -200,10 +201,13 @@ class SpeakQueue:
         """Called in the TTS worker per chunk: resample to the device rate and queue for playback."""
         rate = self._sink.sample_rate
         first = True
+        held: list[_Audio] = []  # a sequential job plays only once all of it is synthesised
 
         def emit(chunk: Chunk) -> None:
             nonlocal first
             if chunk.last:
+                for item in held:
+                    self._play.put(item)
                 self._play.put(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False,
                                       job.final))
                 return
@@ -214,7 +218,11 @@ class SpeakQueue:
                 self._bus.publish_threadsafe(event("tts_audio", now, job.turn_id,
                                                    first_audio_ms=round((now - job.received_ns) / 1e6, 1)))
             pcm = resample(to_float32(chunk.pcm), chunk.sample_rate, rate)
-            self._play.put(_Audio(job.gen, job.turn_id, pcm, False, job.received_ns, first))
+            item = _Audio(job.gen, job.turn_id, pcm, False, job.received_ns, first)
+            if job.sequential:
+                held.append(item)
+            else:
+                self._play.put(item)
             first = False
 
         return emit

@@ -30,10 +30,11 @@ class AudioClient:
         self.connected = False
         self.last_error: str | None = None
 
-    async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False) -> dict[str, Any]:
+    async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
+                  sequential: bool = False) -> dict[str, Any]:
+        body = {"text": text, "turn_id": turn_id, "final": final, "interrupt": interrupt, "sequential": sequential}
         try:
-            r = await self._http.post("/v1/say", json={"text": text, "turn_id": turn_id, "final": final,
-                                                       "interrupt": interrupt}, headers={TURN_HEADER: turn_id})
+            r = await self._http.post("/v1/say", json=body, headers={TURN_HEADER: turn_id})
         except httpx.HTTPError as e:
             raise AudioUnavailableError(f"audio service not reachable ({type(e).__name__})") from e
         if r.status_code >= 400:

@@ -16,6 +16,11 @@ class Language(str, enum.Enum):
     pl = "pl"
 
 
+class Pipeline(str, enum.Enum):
+    streaming = "streaming"
+    sequential = "sequential"
+
+
 class AgentSettings(WatusSettings):
     """The agent: where the other services are, who the robot is, and how turns are recorded."""
 
@@ -35,6 +40,9 @@ class AgentSettings(WatusSettings):
     tools: bool = Field(False, description="Give the model tools (look again, count, describe a person). Turn on "
                         "with a model that calls tools (the robot's Llama-3-8B/Qwen2.5-7B); the 135M CPU default "
                         "cannot, and a longer prompt only slows it down. The scene is in the prompt either way.")
+    pipeline: Pipeline = Field(Pipeline.streaming, description="`streaming`: each sentence is spoken as soon as "
+                               "it is complete. `sequential`: the whole reply, then the whole speech (the original "
+                               "Watus plan; the baseline of `watus bench e2e`).")
     memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
     max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")

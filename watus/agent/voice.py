@@ -26,7 +26,7 @@ from watus.agent.audio_client import AudioClient, AudioUnavailableError
 from watus.agent.brain import Session, TurnDeps, scene_json, stream_reply
 from watus.agent.scene import VisionClient
 from watus.agent.sentences import SentenceCutter
-from watus.agent.settings import AgentSettings
+from watus.agent.settings import AgentSettings, Pipeline
 from watus.agent.turnlog import TurnLog, TurnRecord
 from watus.timing import new_turn_id
 
@@ -100,7 +100,7 @@ class VoiceLoop:
     def _start_turn(self, ev: dict[str, Any]) -> None:
         turn_id = str(ev.get("turn_id") or new_turn_id())
         record = TurnRecord(turn_id=turn_id, session_id=self.session.id, transcript=str(ev["text"]).strip(),
-                            language=ev.get("language"))
+                            language=ev.get("language"), mode=self._s.pipeline.value)
         record.mark("speech_end", int(ev.get("t0_ns") or ev.get("t_ns") or time.monotonic_ns()))
         record.mark("asr_done", int(ev.get("t_ns") or time.monotonic_ns()))
         stages = ev.get("stages_ms")
@@ -143,6 +143,9 @@ class VoiceLoop:
         rec.mark("scene_fetched", time.monotonic_ns())
         rec.scene = scene_json(view)
         deps = TurnDeps(vision=self._vision, view=view, language=self._s.language.value, turn_id=rec.turn_id)
+        if self._s.pipeline is Pipeline.sequential:
+            await self._think_then_speak(turn, deps)
+            return
         cutter = SentenceCutter(self._s.sentence_max_chars)
         reply: list[str] = []
         try:
@@ -174,6 +177,23 @@ class VoiceLoop:
         rec.reply = "".join(reply).strip()
         if not rec.reply:
             turn.done.set()  # nothing to play
+
+    async def _think_then_speak(self, turn: _Turn, deps: TurnDeps) -> None:
+        """The sequential baseline: the whole reply, then all of its speech synthesised, then playback."""
+        rec = turn.record
+        parts: list[str] = []
+        async for delta in stream_reply(self._agent, self.session, rec.transcript, deps, self._s.max_reply_chars):
+            if delta:
+                rec.mark("llm_first_token", time.monotonic_ns())
+                parts.append(delta)
+        rec.reply = "".join(parts).strip()
+        if not rec.reply:
+            turn.sent_all = True
+            turn.done.set()
+            return
+        rec.mark("first_sentence", time.monotonic_ns())
+        await self._audio.say(rec.reply, rec.turn_id, final=True, sequential=True)
+        turn.final_sent = turn.sent_all = True
 
     async def _speak(self, rec: TurnRecord, sentence: str, final: bool = False) -> None:
         rec.mark("first_sentence", time.monotonic_ns())
