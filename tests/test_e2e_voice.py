@@ -143,3 +143,25 @@ def test_barge_in_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voi
     assert first["interrupted"] is True, first
     assert "playback_start" in first["t_ns"], "the robot never started talking before the barge-in"
     assert wer("stop please stop now", second["transcript"]) <= 0.5, second["transcript"]
+
+
+def test_watus_listen_with_a_wav_microphone(llm_url: str, voice: Voice, tmp_path: Path) -> None:
+    """`watus listen --mic-wav`: starts its own audio service, answers, stops after the turns asked."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    mic = tmp_path / "mic.wav"
+    sf.write(mic, np.concatenate([_silence(3), voice.say("Hello, how are you?"), _silence(20)]), RATE)
+    env = {**os.environ, "WATUS_AGENT_LLM_URL": llm_url, "WATUS_AGENT_TURN_LOG": str(tmp_path / "turns.jsonl"),
+           "WATUS_AGENT_AUDIO_URL": f"http://127.0.0.1:{free_port()}", "COLUMNS": "200",
+           "WATUS_AGENT_VISION_URL": f"http://127.0.0.1:{free_port()}"}
+    r = subprocess.run([sys.executable, "-m", "watus.cli", "listen", "--mic-wav", str(mic), "--speaker-wav",
+                        str(tmp_path / "out.wav"), "--turns", "1", "--log-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "you> Hello, how are you?" in r.stdout and "watus>" in r.stdout and "e2e" in r.stdout
+    (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=1)
+    assert rec["e2e_ms"] is not None and rec["reply"]

@@ -78,6 +78,84 @@ def chat(
         asyncio.run(_chat(settings, prompt))
 
 
+async def _listen(settings: AgentSettings, turns: int | None) -> None:
+    from watus.agent.audio_client import AudioClient
+    from watus.agent.brain import Session, build_agent
+    from watus.agent.scene import VisionClient
+    from watus.agent.turnlog import TurnLog, TurnRecord
+    from watus.agent.voice import VoiceLoop
+    from watus.timing import new_turn_id
+
+    done = asyncio.Event()
+    count = 0
+
+    def show(rec: TurnRecord) -> None:
+        nonlocal count
+        count += 1
+        console.print(f"[bold cyan]you>[/bold cyan] {rec.transcript}")
+        tag = " [yellow](interrupted)[/yellow]" if rec.interrupted else ""
+        console.print(f"[bold green]{settings.robot_name.lower()}>[/bold green] {rec.reply}{tag}", highlight=False)
+        e2e = f"{rec.e2e_ms:.0f} ms" if rec.e2e_ms is not None else "n/a"
+        console.print(f"  [dim]e2e {e2e}; " + ", ".join(f"{k} {v:.0f}" for k, v in rec.stage_ms().items()
+                                                        if not k.endswith("_step_ms")) + "[/dim]")
+        if turns is not None and count >= turns:
+            done.set()
+
+    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
+    audio = AudioClient(settings.audio_url, settings.service_timeout_s)
+    loop = VoiceLoop(settings, build_agent(settings), Session(new_turn_id(), settings.memory_turns), vision, audio,
+                     TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups), show)
+    runner = asyncio.create_task(loop.run())
+    try:
+        await done.wait()
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await vision.aclose()
+        await audio.aclose()
+
+
+@app.command()
+def listen(
+    mic_wav: Annotated[Path | None, typer.Option("--mic-wav", help="A WAV file (or folder) as the microphone.",
+                                                  exists=True)] = None,
+    speaker_wav: Annotated[Path | None, typer.Option("--speaker-wav", help="Record what would be played here "
+                                                      "instead of using the speaker.")] = None,
+    turns: Annotated[int | None, typer.Option(min=1, help="Stop after this many turns (default: Ctrl-C).")] = None,
+    start: Annotated[bool, typer.Option(help="Start the LLM and audio services if they are not running.")] = True,
+    log_dir: Annotated[Path, typer.Option(help="Where started services write their logs.")] = Path("var/log"),
+) -> None:
+    """The voice loop: hear (microphone or --mic-wav), look, think and speak, turn after turn."""
+    from watus.services import ensure_service, healthy
+
+    settings = AgentSettings()
+    audio_env: dict[str, str] = {}
+    if mic_wav is not None:
+        audio_env.update(WATUS_AUDIO_MIC_BACKEND="file", WATUS_AUDIO_MIC_FILE=str(mic_wav.resolve()))
+    if speaker_wav is not None:
+        audio_env.update(WATUS_AUDIO_SPEAKER_BACKEND="wav", WATUS_AUDIO_SPEAKER_WAV_PATH=str(speaker_wav.resolve()))
+    if audio_env and healthy(settings.audio_url):
+        err.print(f"[red]An audio service already runs at {settings.audio_url}[/red]: it uses its own microphone "
+                  "and speaker; stop it, or drop --mic-wav/--speaker-wav.")
+        raise typer.Exit(2)
+    with llm_server(settings.llm_url.rstrip("/"), start, log_dir / "llm.log", console, err):
+        # Begin listening before the audio service starts, so the first words of a WAV mic are not missed.
+        async def main() -> None:
+            listener = asyncio.create_task(_listen(settings, turns))
+            audio = ensure_service("audio", settings.audio_url, start, log_dir / "audio.log", console, err, audio_env)
+            await asyncio.to_thread(audio.__enter__)  # waiting for health must not stall the listener
+            try:
+                console.print("Listening — Ctrl-C to stop.")
+                await listener
+            finally:
+                await asyncio.to_thread(audio.__exit__, None, None, None)
+
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            console.print()
+
+
 @app.command()
 def ask(
     wav: Annotated[Path | None, typer.Option("--wav", help="The spoken question (WAV/FLAC/OGG/MP3).",

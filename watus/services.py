@@ -120,31 +120,46 @@ def healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def llm_server(url: str, start: bool, log_path: Path, console: Console, err: Console) -> Iterator[None]:
-    """Use the LLM server at `url`, or start `python -m trt_server` there (with a spinner) and stop it after."""
+def ensure_service(name: str, url: str, start: bool, log_path: Path, console: Console, err: Console,
+                   extra_env: dict[str, str] | None = None, timeout_s: float = 180.0) -> Iterator[bool]:
+    """Use the service at `url`, or start it there (with a spinner) and stop it afterwards.
+
+    Yields whether this call started it. `extra_env` configures a started one (e.g. a WAV microphone).
+    """
     if healthy(url):
-        yield
+        yield False
         return
+    service = BY_NAME[name]
     if not start:
-        err.print(f"[red]No LLM server at {url}[/red]: start one with `python -m trt_server`, or drop --no-start.")
+        err.print(f"[red]No {name} service at {url}[/red]: start one with `python -m {service.module}`, "
+                  "or drop --no-start.")
         raise typer.Exit(2)
     parsed = httpx.URL(url)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "WATUS_LLM_PORT": str(parsed.port or DEFAULT_PORTS["llm"]), "WATUS_LLM_HOST": parsed.host}
-    managed = Managed(BY_NAME["llm"], log_path, env)
+    env = {**os.environ, f"{service.env_prefix}PORT": str(parsed.port or service.default_port),
+           f"{service.env_prefix}HOST": parsed.host, **(extra_env or {})}
+    managed = Managed(service, log_path, env)
     managed.start()
     try:
-        with console.status(f"Starting the LLM server on {url} (log: {log_path}) ..."):
-            deadline = time.monotonic() + 180
+        with console.status(f"Starting the {name} service on {url} (log: {log_path}) ..."):
+            deadline = time.monotonic() + timeout_s
             while not healthy(url):
                 if not managed.alive:
                     tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                    err.print("[red]The LLM server exited:[/red]\n" + "\n".join(tail))
+                    err.print(f"[red]The {name} service exited:[/red]\n" + "\n".join(tail))
                     raise typer.Exit(1)
                 if time.monotonic() > deadline:
-                    err.print(f"[red]The LLM server did not become healthy in 180 s; see {log_path}[/red]")
+                    err.print(f"[red]The {name} service did not become healthy in {timeout_s:.0f} s; "
+                              f"see {log_path}[/red]")
                     raise typer.Exit(1)
                 time.sleep(0.2)
-        yield
+        yield True
     finally:
         managed.stop()
+
+
+@contextlib.contextmanager
+def llm_server(url: str, start: bool, log_path: Path, console: Console, err: Console) -> Iterator[None]:
+    """The LLM server at `url`, started on the CPU defaults if none answers."""
+    with ensure_service("llm", url, start, log_path, console, err):
+        yield
