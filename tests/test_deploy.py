@@ -97,6 +97,13 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--memory" in r.stderr
 
 
+def test_readme_reference_lists_every_setting() -> None:
+    from watus.readme import with_reference
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme == with_reference(readme), "regenerate with: watus config --readme README.md"
+
+
 def test_env_example_lists_every_setting() -> None:
     assert (ROOT / "deploy" / "watus.env.example").read_text() == env_file(), \
         "regenerate with: watus config --env > deploy/watus.env.example"

@@ -206,10 +206,16 @@ def ask(
 @app.command("config")
 def config_reference(
     env: Annotated[bool, typer.Option("--env", help="Print an env file (all settings commented out).")] = False,
+    readme: Annotated[Path | None, typer.Option("--readme", help="Rewrite the reference in this README.")] = None,
 ) -> None:
     """Print every setting: env var, default and meaning (Markdown), or as an env file."""
     from watus.settings_catalog import env_file, markdown_reference
 
+    if readme is not None:
+        from watus.readme import update
+
+        console.print(f"{readme}: {'updated' if update(readme) else 'already up to date'}")
+        return
     sys.stdout.write(env_file() if env else markdown_reference())
 
 
