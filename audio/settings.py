@@ -18,7 +18,11 @@ from watus.config import DEFAULT_PORTS, WatusSettings
 
 
 def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/watus/models`, else `~/.cache/watus/models` (joined model halves live there)."""
+    """The model cache of `watus models setup` (`WATUS_MODELS_CACHE_DIR`), else `$XDG_CACHE_HOME/watus/models`,
+    else `~/.cache/watus/models` (joined model halves live there)."""
+    shared = os.environ.get("WATUS_MODELS_CACHE_DIR")
+    if shared:
+        return Path(shared)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "watus" / "models"
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from watus import cli_ops
 from watus.agent.settings import AgentSettings
 from watus.bench.cli import bench_app
+from watus.models_cli import models_app
 from watus.services import llm_server
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
@@ -220,6 +221,7 @@ def config_reference(
 
 
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 app.command()(cli_ops.up)
 app.command()(cli_ops.status)
 app.command()(cli_ops.doctor)

@@ -16,8 +16,10 @@ from watus.config import settings_reference
 #: (section title, module, class) in the order the README and the env file show them.
 CATALOG: tuple[tuple[str, str, str], ...] = (
     ("LLM server (`python -m trt_server`)", "trt_server.settings", "LLMSettings"),
+    ("Vision (`python -m vision`)", "vision.settings", "VisionSettings"),
     ("Audio (`python -m audio`)", "audio.settings", "AudioSettings"),
     ("Agent (`python -m watus`, `watus listen`, `watus chat`)", "watus.agent.settings", "AgentSettings"),
+    ("Model cache (`watus models`)", "watus.modelstore", "ModelStoreSettings"),
 )
 
 

@@ -16,10 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from watus.bench import update_markdown_section
-from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
 from watus.bench.degradation import degradation
+from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
 from watus.bench.speech import speech
 from watus.bench.stats import Summary, fmt
+from watus.bench.vision import vision
 
 bench_app = typer.Typer(help="Benchmarks: LLM serving targets side by side, written to docs/benchmarks.md.",
                         no_args_is_help=True)
@@ -126,6 +127,7 @@ def llm(
 
 bench_app.command("speech")(speech)
 bench_app.command("degradation")(degradation)
+bench_app.command("vision")(vision)
 
 
 if __name__ == "__main__":

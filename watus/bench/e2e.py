@@ -1,0 +1,393 @@
+"""`watus bench e2e`: spoken questions through every real process, streaming against the sequential baseline.
+
+The figure users feel is end of speech → first audio (e2e); only a run of the real processes on one
+clock measures it, so this benchmark does what a person would: it speaks questions (piper's voice,
+generated here) into the audio service's virtual microphone, in real time, while the LLM server, the
+vision service (on an image or video) and the agent run as they do on the robot. The agent's turn log
+is the measurement: every stage of every turn on the machine-wide monotonic clock.
+
+Each mode gets a fresh agent (`WATUS_AGENT_PIPELINE=<mode>`, its own turn log) and a fresh audio service
+playing the same microphone folder; the LLM server and vision run once for both, so the modes differ in
+the pipeline only. The agent starts first, because it must be subscribed to the audio events before the
+first question plays (the first WAV begins with `lead_in_s` of silence for that).
+
+Results: a JSONL (turns, per-mode summaries, telemetry, goal checks), the `bench:e2e` section of
+`docs/benchmarks.md`, and a waterfall PNG beside it. The report itself lives in `e2e_report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from watus.agent.turnlog import TurnLog
+from watus.bench.e2e_report import (
+    MODES,
+    E2EConfig,
+    E2EResult,
+    chart_link,
+    goal_checks,
+    mode_stats,
+    render_markdown,
+    waterfall_chart,
+    write_jsonl,
+)
+from watus.telemetry import TelemetrySampler
+
+log = logging.getLogger(__name__)
+
+#: Spoken first in each mode and not timed: the first real turn then meets warm caches everywhere.
+WARMUP_QUESTION = "Hi Watus, are you there?"
+#: (label, done, total): a phase or a count of turns, for the command's progress bars.
+ProgressFn = Callable[[str, int, int], None]
+
+
+class E2EBenchError(RuntimeError):
+    """A process of the benchmark could not be started or the run could not be set up."""
+
+
+# --- processes ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def service(module: str, env: dict[str, str], url: str, log_path: Path, timeout_s: float) -> Iterator[None]:
+    """`python -m <module>` with `env` over this process's environment, healthy at `url` until the block ends."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout_s
+            with httpx.Client(trust_env=False, timeout=2.0) as http:
+                while True:
+                    if proc.poll() is not None:
+                        raise E2EBenchError(f"{module} exited with code {proc.returncode} before it was healthy; "
+                                            f"log {log_path}:\n{_log_tail(log_path)}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if http.get(url + "/health").status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise E2EBenchError(f"{module} was not healthy within {timeout_s:.0f} s; log {log_path}")
+                    time.sleep(0.2)
+            log.info("%s ready at %s (log %s)", module, url, log_path)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10.0)
+
+
+def _vision_folder(source: Path, out_dir: Path) -> Path:
+    """An image is shown to the vision service as a one-image folder (looped); a video file is used as is."""
+    from vision.sources import IMAGE_SUFFIXES
+
+    if source.is_dir() or source.suffix.lower() not in IMAGE_SUFFIXES:
+        return source
+    folder = out_dir / "e2e-vision-source"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shutil.copyfile(source, folder / source.name)
+    return folder
+
+
+# --- the microphone --------------------------------------------------------------------------------------------
+
+
+def make_mic_folder(folder: Path, sequence: list[str], lead_in_s: float) -> list[float]:
+    """One 16 kHz WAV per spoken question in play order (the first led by `lead_in_s` of silence), each
+    text synthesised once with the default piper voice; returns the seconds of speech of each file."""
+    import numpy as np
+    import soundfile as sf
+
+    from audio.pcm import ASR_RATE
+    from watus.bench.speech import make_wavs
+
+    unique = list(dict.fromkeys(sequence))
+    voiced = make_wavs(folder / "voice", tuple(unique), "q")
+    audio = {text: sf.read(path, dtype="float32")[0] for path, text, _ in voiced}
+    mic = folder / "mic"
+    shutil.rmtree(mic, ignore_errors=True)
+    mic.mkdir(parents=True)
+    for i, text in enumerate(sequence):
+        pcm = audio[text]
+        if i == 0:
+            pcm = np.concatenate([np.zeros(int(lead_in_s * ASR_RATE), np.float32), pcm])
+        sf.write(mic / f"{i:04d}.wav", pcm, ASR_RATE, subtype="PCM_16")
+    return [len(audio[text]) / ASR_RATE for text in sequence]
+
+
+def closest_question(transcript: str, questions: list[str]) -> tuple[str, float]:
+    """The question a transcript most likely is, and its word error rate against it."""
+    from watus.bench.speech import word_error_rate
+
+    scored = [(word_error_rate(q, transcript), q) for q in questions]
+    wer, question = min(scored)
+    return question, round(wer, 3)
+
+
+# --- one mode ---------------------------------------------------------------------------------------------------
+
+
+def _wait_connected(agent_url: str, until: float) -> bool:
+    """Whether the agent reports its audio event stream connected before `until` (monotonic s)."""
+    with httpx.Client(trust_env=False, timeout=3.0) as http:
+        while time.monotonic() < until:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if http.get(agent_url + "/health").json().get("audio_events") == "connected":
+                    return True
+            time.sleep(0.25)
+    return False
+
+
+def _collect(turn_log: Path, expected: int, deadline: float, label: str, progress: ProgressFn) -> list[dict[str, Any]]:
+    reader = TurnLog(turn_log)
+    records: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        records = reader.read()
+        progress(label, min(len(records), expected), expected)
+        if len(records) >= expected:
+            break
+        time.sleep(0.25)
+    return records
+
+
+def run_mode(mode: str, cfg: E2EConfig, mic: Path, timeline_s: float, expected: int, llm_url: str,
+             vision_url: str, out_dir: Path, stamp: str, result: E2EResult, progress: ProgressFn) -> None:
+    """One pipeline mode: a fresh agent, then a fresh audio service playing `mic`, until `expected` turns."""
+    agent_port, audio_port = _free_port(), _free_port()
+    agent_url, audio_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{audio_port}"
+    turn_log = out_dir / f"e2e-{stamp}-{mode}-turns.jsonl"
+    agent_env = {"WATUS_AGENT_HOST": "127.0.0.1", "WATUS_AGENT_PORT": str(agent_port),
+                 "WATUS_AGENT_LLM_URL": llm_url, "WATUS_AGENT_VISION_URL": vision_url,
+                 "WATUS_AGENT_AUDIO_URL": audio_url, "WATUS_AGENT_TURN_LOG": str(turn_log),
+                 "WATUS_AGENT_PIPELINE": mode, "WATUS_AGENT_TEMPERATURE": "0"}
+    if cfg.max_tokens is not None:
+        agent_env["WATUS_AGENT_MAX_TOKENS"] = str(cfg.max_tokens)
+    audio_env = {"WATUS_AUDIO_HOST": "127.0.0.1", "WATUS_AUDIO_PORT": str(audio_port),
+                 "WATUS_AUDIO_MIC_BACKEND": "file", "WATUS_AUDIO_MIC_FILE": str(mic),
+                 "WATUS_AUDIO_MIC_GAP_S": str(cfg.gap_s), "WATUS_AUDIO_MIC_LOOP": "false",
+                 "WATUS_AUDIO_SPEAKER_BACKEND": "null"}
+    label = f"{mode}: turns"
+    with ExitStack() as stack:
+        progress(f"{mode}: agent + audio starting", 0, 1)
+        stack.enter_context(service("watus", agent_env, agent_url, out_dir / f"e2e-{stamp}-{mode}-agent.log",
+                                    cfg.startup_timeout_s))
+        stack.enter_context(service("audio", audio_env, audio_url, out_dir / f"e2e-{stamp}-{mode}-audio.log",
+                                    cfg.startup_timeout_s))
+        started = time.monotonic()
+        progress(f"{mode}: agent + audio starting", 1, 1)
+        if not _wait_connected(agent_url, started + cfg.lead_in_s * 0.75):
+            result.errors.append(f"{mode}: the agent was not subscribed to the audio events within "
+                                 f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
+        sampler = stack.enter_context(TelemetrySampler(0.5))
+        records = _collect(turn_log, expected, started + timeline_s + cfg.settle_timeout_s, label, progress)
+        sampler.stop()
+        result.telemetry[mode] = sampler.summary()
+    if len(records) < expected:
+        result.errors.append(f"{mode}: {len(records)} of {expected} turns recorded (see {turn_log})")
+    questions = [WARMUP_QUESTION, *cfg.questions]
+    for i, rec in enumerate(records[:expected]):
+        question, wer = closest_question(str(rec.get("transcript", "")), questions)
+        result.turns.append({**rec, "mode": mode, "warmup": i < cfg.warmup, "question": question,
+                             "question_wer": wer})
+
+
+# --- the whole run ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _llm(cfg: E2EConfig, out_dir: Path, stamp: str, progress: ProgressFn) -> Iterator[str]:
+    if cfg.llm_url:
+        yield cfg.llm_url.rstrip("/")
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    progress("LLM server starting", 0, 1)
+    env = {"WATUS_LLM_HOST": "127.0.0.1", "WATUS_LLM_PORT": str(port), "WATUS_LLM_API_KEY": ""}
+    with service("trt_server", env, url, out_dir / f"e2e-{stamp}-llm.log", cfg.startup_timeout_s):
+        progress("LLM server starting", 1, 1)
+        yield url
+
+
+@contextlib.contextmanager
+def _vision(cfg: E2EConfig, out_dir: Path, stamp: str, progress: ProgressFn) -> Iterator[str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    if cfg.vision_source is None:
+        yield url  # nothing listens there: the agent finds vision down and says it cannot see
+        return
+    progress("vision starting", 0, 1)
+    env = {"WATUS_VISION_HOST": "127.0.0.1", "WATUS_VISION_PORT": str(port),
+           "WATUS_VISION_SOURCE": str(_vision_folder(cfg.vision_source, out_dir)), "WATUS_VISION_LOOP": "true",
+           "WATUS_VISION_SOURCE_FPS": str(cfg.vision_fps)}
+    with service("vision", env, url, out_dir / f"e2e-{stamp}-vision.log", cfg.startup_timeout_s):
+        progress("vision starting", 1, 1)
+        yield url
+
+
+def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, chart: Path | None = None,
+                  progress: ProgressFn | None = None) -> E2EResult:
+    """Run every mode in turn; write the JSONL (in `out_dir`), the chart, and the report section if given."""
+    from watus.bench import machine_info, update_markdown_section
+
+    say: ProgressFn = progress or (lambda _label, _done, _total: None)
+    for mode in cfg.modes:
+        if mode not in MODES:
+            raise E2EBenchError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    started = datetime.now(timezone.utc)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    result = E2EResult(cfg, machine_info(("xllamacpp", "faster-whisper", "piper-tts", "onnxruntime",
+                                          "pydantic-ai-slim")), started.isoformat(timespec="seconds"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sequence = [WARMUP_QUESTION] * cfg.warmup + list(cfg.questions) * cfg.runs
+    say("speaking the questions (piper)", 0, 1)
+    speech_s = make_mic_folder(out_dir / f"e2e-{stamp}-wavs", sequence, cfg.lead_in_s)
+    say("speaking the questions (piper)", 1, 1)
+    mic = out_dir / f"e2e-{stamp}-wavs" / "mic"
+    timeline_s = cfg.lead_in_s + sum(speech_s) + cfg.gap_s * len(sequence)
+    log.info("%d questions per mode, %.0f s of microphone each", len(sequence), timeline_s)
+    with _llm(cfg, out_dir, stamp, say) as llm_url, _vision(cfg, out_dir, stamp, say) as vision_url:
+        for mode in cfg.modes:
+            try:
+                run_mode(mode, cfg, mic, timeline_s, len(sequence), llm_url, vision_url, out_dir, stamp, result,
+                         say)
+            except E2EBenchError as e:
+                log.error("%s mode failed: %s", mode, e)
+                result.errors.append(f"{mode}: {e}")
+    if chart is not None and result.turns:
+        result.chart_path = waterfall_chart(result, chart)
+    result.jsonl_path = out_dir / f"e2e-{stamp}.jsonl"
+    write_jsonl(result.jsonl_path, result)
+    if report is not None:
+        link = chart_link(result.chart_path, report) if result.chart_path is not None else None
+        update_markdown_section(report, "e2e", render_markdown(result, link))
+    return result
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+def _questions(values: list[str] | None) -> tuple[str, ...]:
+    defaults = E2EConfig.questions
+    if not values:
+        return defaults
+    if len(values) == 1 and values[0].strip().isdigit():
+        n = int(values[0])
+        if n < 1:
+            raise typer.BadParameter("at least one question", param_hint="--questions")
+        return tuple(defaults[i % len(defaults)] for i in range(n))
+    texts = tuple(v.strip() for v in values if v.strip())
+    if not texts:
+        raise typer.BadParameter("empty question", param_hint="--questions")
+    return texts
+
+
+def _default_image() -> Path:
+    from vision.samples import sample_image
+
+    try:
+        return sample_image("bus.jpg")
+    except FileNotFoundError as e:
+        raise typer.BadParameter(f"{e}; or give --image/--video, or --no-vision", param_hint="--image") from None
+
+
+def e2e(
+    questions: Annotated[list[str] | None, typer.Option(
+        "--questions", "-q", help="A number N (the first N built-in questions, repeated as needed) or the "
+        "questions' text, repeatable. Default: the 4 built-in questions.")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Passes over the questions per mode.")] = 2,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each mode.")] = 1,
+    modes: Annotated[str, typer.Option(help="Pipelines to run, comma separated.")] = "streaming,sequential",
+    image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Image the vision service "
+                                               "watches (default: the bus.jpg sample in the model cache).")] = None,
+    video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Video file the vision "
+                                               "service watches (looped).")] = None,
+    no_vision: Annotated[bool, typer.Option("--no-vision", help="Run without the vision service.")] = False,
+    vision_fps: Annotated[float, typer.Option(min=0.1, help="Frames per second the vision service takes from "
+                                              "the image or video (the CPU it leaves to the rest).")] = 2.0,
+    llm_url: Annotated[str | None, typer.Option(help="Use this LLM server instead of starting "
+                                                "`python -m trt_server`.")] = None,
+    gap: Annotated[float, typer.Option(min=1, max=60, help="Silence after each question (s): time for the "
+                                       "reply to be thought and spoken.")] = 16.0,
+    max_tokens: Annotated[int, typer.Option(min=8, help="The agent's reply limit in tokens.")] = 48,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL, the turn logs, WAVs and process logs.")]
+    = Path("bench-results"),
+    report: Annotated[Path, typer.Option(help="Markdown file whose e2e section is rewritten.")] = Path(
+        "docs/benchmarks.md"),
+    chart: Annotated[Path | None, typer.Option(help="Waterfall PNG (default: e2e_waterfall.png beside the "
+                                               "report).")] = None,
+) -> None:
+    """Spoken questions through every process: e2e and stage latency, streaming vs sequential; goal check."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    if sum((image is not None, video is not None, no_vision)) > 1:
+        raise typer.BadParameter("give one of --image, --video and --no-vision")
+    source = None if no_vision else (image or video or _default_image())
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if not mode_list or any(m not in MODES for m in mode_list):
+        raise typer.BadParameter(f"modes are {', '.join(MODES)}", param_hint="--modes")
+    cfg = E2EConfig(questions=_questions(questions), runs=runs, warmup=warmup, modes=mode_list,
+                    vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens)
+    chart_path = chart or report.parent / "e2e_waterfall.png"
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        try:
+            result = run_e2e_bench(cfg, out_dir, report, chart_path, on_progress)
+        except E2EBenchError as e:
+            console.print(f"[red]e2e benchmark failed:[/red] {e}")
+            raise typer.Exit(code=1) from None
+    stats = {m: mode_stats(result.turns, m) for m in cfg.modes}
+    for m, s in stats.items():
+        p50 = f"{s.e2e.p50:,.0f}" if s.e2e else "–"
+        p95 = f"{s.e2e.p95:,.0f}" if s.e2e else "–"
+        console.print(f"{m}: e2e p50 {p50} ms, p95 {p95} ms ({s.timed} timed turns, {s.interrupted} interrupted)")
+    for g in goal_checks(stats):
+        colour = {"PASS": "green", "FAIL": "red"}.get(g.verdict, "yellow")
+        console.print(f"[{colour}]{g.verdict}[/{colour}] {g.name}: {g.figures}  (goal {g.goal})")
+    for err in result.errors:
+        console.print(f"[red]problem:[/red] {err}")
+    console.print(f"raw data: {result.jsonl_path}\nchart: {result.chart_path}\nreport: {report}")
+    if not any(s.timed for s in stats.values()):
+        raise typer.Exit(code=1)
+
+
+__all__ = ["E2EBenchError", "E2EConfig", "E2EResult", "e2e", "run_e2e_bench"]
