@@ -39,6 +39,14 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout:
 @contextmanager
 def run_service(module: str, env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
     """Start `python -m <module>` with `env` added, wait for /health, yield its base URL, stop it."""
+    with service_process(module, env, port, log_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def service_process(module: str, env: dict[str, str], port: int,
+                    log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like `run_service`, also yielding the process (for tests that kill it)."""
     full_env = {**os.environ, **env}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=ROOT, stdout=log,
@@ -46,7 +54,7 @@ def run_service(module: str, env: dict[str, str], port: int, log_path: Path) -> 
         url = f"http://127.0.0.1:{port}"
         try:
             wait_healthy(url, proc)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

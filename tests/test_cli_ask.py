@@ -53,3 +53,12 @@ def test_ask_bad_input_is_one_clear_line(llm_url: str, tmp_path: Path) -> None:
     assert r.returncode == 1 and "ask failed" in r.stderr and "Traceback" not in r.stderr
     both = _ask(llm_url, "--wav", str(junk), "--text", "x")
     assert both.returncode == 2 and "exactly one" in both.stderr
+
+
+def test_ask_with_an_image_sees_it(llm_url: str, tmp_path: Path) -> None:
+    from vision.samples import sample_image
+
+    r = _ask(llm_url, "--text", "What do you see?", "--image", str(sample_image("bus.jpg")))
+    assert r.returncode == 0, r.stderr
+    scene = next(line for line in r.stdout.splitlines() if line.startswith("scene:"))
+    assert "bus" in scene and "people" in scene, scene

@@ -165,3 +165,32 @@ def test_watus_listen_with_a_wav_microphone(llm_url: str, voice: Voice, tmp_path
     assert "you> Hello, how are you?" in r.stdout and "watus>" in r.stdout and "e2e" in r.stdout
     (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=1)
     assert rec["e2e_ms"] is not None and rec["reply"]
+
+
+def test_vision_killed_mid_session_does_not_end_the_loop(stack: tuple[ExitStack, dict[str, str]], voice: Voice,
+                                                          tmp_path: Path) -> None:
+    """Turn 1 sees the bus picture; the vision process is then killed; turn 2 is answered without it."""
+    import shutil
+
+    from tests.helpers import service_process
+    from vision.samples import sample_image
+
+    es, env = stack
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample_image("bus.jpg"), images / "bus.jpg")
+    vision_port = free_port()
+    env["WATUS_AGENT_VISION_URL"] = f"http://127.0.0.1:{vision_port}"
+    env["WATUS_AGENT_SCENE_MAX_AGE_MS"] = "600000"  # one picture, looped: its age is not the point here
+    vision_env = {"WATUS_VISION_PORT": str(vision_port), "WATUS_VISION_SOURCE": str(images)}
+    _, vision = es.enter_context(service_process("vision", vision_env, vision_port, tmp_path / "vision.log"))
+    mic = tmp_path / "mic.wav"
+    sf.write(mic, np.concatenate([_silence(8), voice.say("What do you see?"), _silence(12),
+                                  voice.say("How many people are here?"), _silence(20)]), RATE)
+    _start(es, env, mic, tmp_path)
+    (first,) = _records(tmp_path / "turns.jsonl", 1, timeout=60)
+    assert first["scene"]["people"] >= 3 and not first["scene"]["stale"], first["scene"]
+    vision.kill()
+    second = _records(tmp_path / "turns.jsonl", 2, timeout=60)[1]
+    assert second["reply"] and second["error"] is None
+    assert "not reachable" in second["scene"]["error"]
