@@ -75,7 +75,13 @@ def up(
         err.print(f"[red]Unknown service(s): {', '.join(unknown)}[/red] (choose from {', '.join(BY_NAME)})")
         raise typer.Exit(2)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [Managed(BY_NAME[n], log_dir / f"{n}.log", env) for n in names]
+    from watus.services import healthy
+
+    running = [n for n in names if healthy(BY_NAME[n].url())]
+    for n in running:
+        console.print(f"[yellow]{n} already answers at {BY_NAME[n].url()}: using it (not started or stopped "
+                      "by this command)[/yellow]")
+    procs = [Managed(BY_NAME[n], log_dir / f"{n}.log", env) for n in names if n not in running]
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -128,8 +134,10 @@ def status(
 
     rows = asyncio.run(check_all(only))
     console.print(_health_table(rows))
-    sample = sample_psutil()
-    console.print(f"machine: {sample}")
+    t = sample_psutil()
+    gpu = f", GPU {t.gpu_percent:.0f} %" if t.gpu_percent is not None else ""
+    console.print(f"machine: RAM {t.ram_used_mb:,.0f}/{t.ram_total_mb:,.0f} MB, swap {t.swap_used_mb:,.0f} MB, "
+                  f"CPU {t.cpu_total_percent:.0f} %{gpu}")
     memory = SwapWatch(name="status").check()
     style = "yellow" if memory.get("status") == "warn" else "green"
     console.print(f"memory: [{style}]{memory.get('status')}[/{style}] {memory.get('message', '')}")
