@@ -172,3 +172,19 @@ def test_tegrastats_that_prints_nothing_falls_back(monkeypatch: pytest.MonkeyPat
     assert sampler.source == "psutil"
     summary = sampler.summary()
     assert summary.samples >= 1 and summary.cpu_percent is not None and summary.gpu_percent is None
+
+
+def test_watus_status_shows_tegrastats_on_a_jetson(tmp_path: Path) -> None:
+    """`watus status` reads tegrastats where it exists (a stand-in here: no Jetson on this machine)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, free_port
+
+    bindir = _fake_tegrastats(tmp_path, f"while true; do echo '{ORIN_LOADED}'; sleep 0.1; done\n")
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200",
+           "WATUS_LLM_PORT": str(free_port())}
+    r = subprocess.run([sys.executable, "-m", "watus.cli", "status", "--only", "llm"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 1  # no LLM server runs
+    assert "GPU 97 %" in r.stdout and "power" in r.stdout

@@ -130,14 +130,23 @@ def status(
 ) -> None:
     """Health of every service, and of this machine (memory, swap, CPU; GPU via tegrastats on a Jetson)."""
     from watus.memwatch import SwapWatch
-    from watus.telemetry import sample_psutil
+    from watus.telemetry import TelemetrySampler, sample_psutil
 
     rows = asyncio.run(check_all(only))
     console.print(_health_table(rows))
     t = sample_psutil()
+    if shutil.which("tegrastats"):
+        # On a Jetson: one reading of tegrastats for the GPU load, rails and temperatures.
+        with TelemetrySampler(interval_s=0.5) as sampler:
+            time.sleep(1.2)
+        if sampler.samples:
+            t = sampler.samples[-1]
     gpu = f", GPU {t.gpu_percent:.0f} %" if t.gpu_percent is not None else ""
+    power = t.total_power_mw
+    extra = (f", power {power / 1000:.1f} W" if power else "") + "".join(
+        f", {name} {c:.0f}°C" for name, c in list(t.temps_c.items())[:4] if c is not None)
     console.print(f"machine: RAM {t.ram_used_mb:,.0f}/{t.ram_total_mb:,.0f} MB, swap {t.swap_used_mb:,.0f} MB, "
-                  f"CPU {t.cpu_total_percent:.0f} %{gpu}")
+                  f"CPU {t.cpu_total_percent:.0f} %{gpu}{extra}")
     memory = SwapWatch(name="status").check()
     style = "yellow" if memory.get("status") == "warn" else "green"
     console.print(f"memory: [{style}]{memory.get('status')}[/{style}] {memory.get('message', '')}")
