@@ -22,6 +22,7 @@ def test_chat_once_against_running_server(llm_url: str) -> None:
 def test_chat_starts_and_stops_its_own_server(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "WATUS_LLM_PORT": str(port), "WATUS_LLM_WARMUP": "false"}
+    env.pop("WATUS_AGENT_LLM_URL", None)  # the agent finds the server from WATUS_LLM_PORT
     r = subprocess.run([*WATUS, "chat", "-p", "Hi!", "--max-tokens", "8", "--log-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr

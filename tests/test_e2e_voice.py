@@ -40,7 +40,9 @@ class Voice:
         return resample(to_float32(pcm), self.piper.config.sample_rate, RATE)
 
     def hear(self, path: Path) -> str:
-        segments, _ = self.whisper.transcribe(str(path), language="en", beam_size=1, hotwords="Watus")
+        # No conditioning on the previous window: tiny.en otherwise loops on repeated phrases.
+        segments, _ = self.whisper.transcribe(str(path), language="en", beam_size=1, hotwords="Watus",
+                                              condition_on_previous_text=False)
         return " ".join(s.text for s in segments)
 
 

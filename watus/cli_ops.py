@@ -88,7 +88,9 @@ def up(
         nonlocal stopping
         stopping = True
 
+    # systemd/`kill` (TERM) and a closed terminal (HUP) stop the processes as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
     try:
         # The agent needs the others: start it once they answer.
         first = [m for m in procs if m.service.name != "agent"]

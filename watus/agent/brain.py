@@ -69,7 +69,7 @@ def build_agent(settings: AgentSettings, model: Model | None = None) -> Agent[Tu
         output_type=str,
         instructions=persona(settings),
         model_settings=ModelSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                     timeout=settings.llm_timeout_s),
+                                     frequency_penalty=settings.frequency_penalty, timeout=settings.llm_timeout_s),
     )
 
     if not settings.tools:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from watus.config import DEFAULT_PORTS, WatusSettings
+
+
+def _service_url(prefix: str, default_port: int) -> str:
+    """A peer's URL from its own settings (`WATUS_LLM_PORT`, ...), so changing a port in one place is enough."""
+    host = os.environ.get(f"{prefix}HOST", "127.0.0.1")
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{os.environ.get(f'{prefix}PORT', default_port)}"
 
 
 class Language(str, enum.Enum):
@@ -28,12 +37,15 @@ class AgentSettings(WatusSettings):
 
     host: str = Field("127.0.0.1", description="Address of the agent's own HTTP server (/health, /metrics).")
     port: int = Field(DEFAULT_PORTS["agent"], ge=1, le=65535, description="Port of the agent's HTTP server.")
-    llm_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['llm']}", description="LLM server base URL "
-                         "(any OpenAI-compatible server; `/v1` is appended).")
+    llm_url: str = Field(default_factory=lambda: _service_url("WATUS_LLM_", DEFAULT_PORTS["llm"]),
+                         description="LLM server base URL (any OpenAI-compatible server; `/v1` is appended). "
+                         "Default: from WATUS_LLM_HOST/PORT, i.e. http://127.0.0.1:8080.")
     llm_model: str = Field("default", description="Model name sent to the LLM server.")
     llm_api_key: str = Field("none", description="API key for the LLM server (when it asks for one).")
-    vision_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['vision']}", description="Vision service base URL.")
-    audio_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORTS['audio']}", description="Audio service base URL.")
+    vision_url: str = Field(default_factory=lambda: _service_url("WATUS_VISION_", DEFAULT_PORTS["vision"]),
+                            description="Vision service base URL (default: from WATUS_VISION_HOST/PORT).")
+    audio_url: str = Field(default_factory=lambda: _service_url("WATUS_AUDIO_", DEFAULT_PORTS["audio"]),
+                           description="Audio service base URL (default: from WATUS_AUDIO_HOST/PORT).")
     robot_name: str = Field("Watus", min_length=1, max_length=40, description="The robot's name.")
     language: Language = Field(Language.en, description="Language the robot speaks: `en` or `pl`.")
     persona: str | None = Field(None, description="Persona prompt; empty: the built-in one for the language.")
@@ -46,6 +58,8 @@ class AgentSettings(WatusSettings):
     memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
     max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")
+    frequency_penalty: float = Field(0.5, ge=-2.0, le=2.0, description="Penalty on repeated tokens: keeps a small "
+                                     "model from saying the same sentence over and over.")
     max_reply_chars: int = Field(600, ge=40, le=20_000, description="A reply is cut here (runaway or garbage "
                                  "output never reaches the speaker in full).")
     sentence_max_chars: int = Field(160, ge=20, le=2000, description="A sentence without punctuation is cut "

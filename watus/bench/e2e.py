@@ -18,12 +18,14 @@ Results: a JSONL (turns, per-mode summaries, telemetry, goal checks), the `bench
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import psutil
 import typer
 
 from watus.agent.turnlog import TurnLog
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Spoken first in each mode and not timed: the first real turn then meets warm caches everywhere.
 WARMUP_QUESTION = "Hi Watus, are you there?"
+#: Above this share of the machine's CPU used by other processes during a mode, its figures are flagged.
+NOISY_OTHER_CPU_PERCENT = 10.0
 #: (label, done, total): a phase or a count of turns, for the command's progress bars.
 ProgressFn = Callable[[str, int, int], None]
 
@@ -120,6 +125,104 @@ def _vision_folder(source: Path, out_dir: Path) -> Path:
     return folder
 
 
+class PlaybackCutter:
+    """Stops the speaker `after_s` after a reply started playing (0: never), from the audio event stream.
+
+    A reply of the CPU default can play for 40 s; the microphone file's gap would have to be longer than
+    the longest reply, or the next question barges in. Playback costs no CPU, and e2e (t1 − t0) is measured
+    before the cut, so the cut changes no figure of the turn, only how long the run takes. The agent sees
+    the cut as an interruption and writes the record at once; the benchmark marks it `cut_by_bench`.
+
+    The cut waits until the LLM server generates nothing (its `watus_llm_requests_running` gauge): a turn
+    cut while its reply is still streaming loses the reply and stays out of the conversation memory, and
+    the next question would then meet a shorter prompt in one mode than in the other.
+    """
+
+    def __init__(self, audio_url: str, after_s: float, llm_url: str | None = None) -> None:
+        self._url = audio_url
+        self._after = after_s
+        self._llm_metrics = f"{llm_url}/metrics" if llm_url else None
+        self._lock = threading.Lock()
+        self._started: set[str] = set()
+        self._over: set[str] = set()  # turns whose reply finished playing or was interrupted
+        self._timers: list[threading.Timer] = []
+        self._closed = threading.Event()
+        self.cut: set[str] = set()
+        self._thread = threading.Thread(target=self._listen, name="e2e-playback-cutter", daemon=True)
+
+    def __enter__(self) -> PlaybackCutter:
+        if self._after > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)  # exits once the audio service (stopped first) ends the stream
+
+    def _listen(self) -> None:
+        # Started before the audio service is up: connect until it answers, and again if the stream drops.
+        while not self._closed.is_set():
+            try:
+                with httpx.Client(trust_env=False, timeout=httpx.Timeout(5.0, read=None)) as http, \
+                        http.stream("GET", self._url + "/v1/events") as r:
+                    for line in r.iter_lines():
+                        if self._closed.is_set():
+                            return
+                        if line.startswith("data: {"):
+                            self._on_event(json.loads(line[6:]))
+            except (httpx.HTTPError, ValueError) as e:
+                log.debug("playback cutter: audio events unavailable (%s)", e)
+            self._closed.wait(0.2)
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind, turn = ev.get("type"), ev.get("turn_id")
+        if not isinstance(turn, str):
+            return
+        with self._lock:
+            if kind == "playback_started" and turn not in self._started:
+                self._started.add(turn)
+                timer = threading.Timer(self._after, self._cut, (turn,))
+                timer.daemon = True
+                self._timers.append(timer)
+                timer.start()
+            elif kind == "interrupted" or (kind == "playback_finished" and ev.get("final")):
+                self._over.add(turn)
+
+    def _llm_busy(self) -> bool:
+        """Whether the LLM server reports a request generating; False where it does not say."""
+        if self._llm_metrics is None:
+            return False
+        try:
+            text = httpx.get(self._llm_metrics, timeout=2.0, trust_env=False).text
+        except httpx.HTTPError:
+            return False
+        for line in text.splitlines():
+            if line.startswith("watus_llm_requests_running"):
+                return float(line.split()[-1]) > 0
+        self._llm_metrics = None  # another server (vLLM, Ollama, ...): cut on time alone
+        return False
+
+    def _cut(self, turn: str) -> None:
+        idle_checks = 0
+        while idle_checks < 2:  # idle twice, 0.3 s apart: the agent has sent the reply's last sentence
+            with self._lock:
+                if self._closed.is_set() or turn in self._over:
+                    return
+            idle_checks = 0 if self._llm_busy() else idle_checks + 1
+            self._closed.wait(0.3)
+        try:
+            httpx.post(self._url + "/v1/stop", timeout=5.0, trust_env=False).raise_for_status()
+        except httpx.HTTPError as e:
+            log.warning("playback cutter: could not stop turn %s: %s", turn, e)
+            return
+        with self._lock:
+            self.cut.add(turn)
+
+
 # --- the microphone --------------------------------------------------------------------------------------------
 
 
@@ -156,6 +259,17 @@ def closest_question(transcript: str, questions: list[str]) -> tuple[str, float]
 
 
 # --- one mode ---------------------------------------------------------------------------------------------------
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process and its children (every service of the run), user + system."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def _wait_connected(agent_url: str, until: float) -> bool:
@@ -202,6 +316,8 @@ def run_mode(mode: str, cfg: E2EConfig, mic: Path, timeline_s: float, expected: 
         progress(f"{mode}: agent + audio starting", 0, 1)
         stack.enter_context(service("watus", agent_env, agent_url, out_dir / f"e2e-{stamp}-{mode}-agent.log",
                                     cfg.startup_timeout_s))
+        # Entered before the audio service, so it leaves after it: the event stream has ended by then.
+        cutter = stack.enter_context(PlaybackCutter(audio_url, cfg.playback_s, llm_url))
         stack.enter_context(service("audio", audio_env, audio_url, out_dir / f"e2e-{stamp}-{mode}-audio.log",
                                     cfg.startup_timeout_s))
         started = time.monotonic()
@@ -210,16 +326,23 @@ def run_mode(mode: str, cfg: E2EConfig, mic: Path, timeline_s: float, expected: 
             result.errors.append(f"{mode}: the agent was not subscribed to the audio events within "
                                  f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
         sampler = stack.enter_context(TelemetrySampler(0.5))
+        own_cpu = _own_cpu_seconds()
         records = _collect(turn_log, expected, started + timeline_s + cfg.settle_timeout_s, label, progress)
+        own_cpu = _own_cpu_seconds() - own_cpu
         sampler.stop()
-        result.telemetry[mode] = sampler.summary()
+        result.telemetry[mode] = tel = sampler.summary()
+    if tel.cpu_percent is not None and tel.duration_s > 0:
+        mine = own_cpu / tel.duration_s / (psutil.cpu_count() or 1) * 100.0
+        other = result.other_cpu_percent[mode] = round(max(0.0, tel.cpu_percent.mean - mine), 1)
+        if other > NOISY_OTHER_CPU_PERCENT:
+            log.warning("%s: other processes used %.0f%% of the CPU meanwhile; its figures are noisy", mode, other)
     if len(records) < expected:
         result.errors.append(f"{mode}: {len(records)} of {expected} turns recorded (see {turn_log})")
     questions = [WARMUP_QUESTION, *cfg.questions]
     for i, rec in enumerate(records[:expected]):
         question, wer = closest_question(str(rec.get("transcript", "")), questions)
         result.turns.append({**rec, "mode": mode, "warmup": i < cfg.warmup, "question": question,
-                             "question_wer": wer})
+                             "question_wer": wer, "cut_by_bench": rec.get("turn_id") in cutter.cut})
 
 
 # --- the whole run ----------------------------------------------------------------------------------------------
@@ -338,8 +461,12 @@ def e2e(
     llm_url: Annotated[str | None, typer.Option(help="Use this LLM server instead of starting "
                                                 "`python -m trt_server`.")] = None,
     gap: Annotated[float, typer.Option(min=1, max=60, help="Silence after each question (s): time for the "
-                                       "reply to be thought and spoken.")] = 16.0,
-    max_tokens: Annotated[int, typer.Option(min=8, help="The agent's reply limit in tokens.")] = 48,
+                                       "reply to be thought, started, and cut.")] = 16.0,
+    playback_s: Annotated[float, typer.Option(min=0, help="Seconds of each reply played before the benchmark "
+                                              "stops the speaker (after e2e is measured); 0: replies play to the "
+                                              "end, and --gap must outlast the longest.")] = 6.0,
+    max_tokens: Annotated[int | None, typer.Option(min=8, help="The agent's reply limit in tokens (default: the "
+                                                   "agent's own setting).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL, the turn logs, WAVs and process logs.")]
     = Path("bench-results"),
     report: Annotated[Path, typer.Option(help="Markdown file whose e2e section is rewritten.")] = Path(
@@ -359,7 +486,8 @@ def e2e(
     if not mode_list or any(m not in MODES for m in mode_list):
         raise typer.BadParameter(f"modes are {', '.join(MODES)}", param_hint="--modes")
     cfg = E2EConfig(questions=_questions(questions), runs=runs, warmup=warmup, modes=mode_list,
-                    vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens)
+                    vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens,
+                    playback_s=playback_s)
     chart_path = chart or report.parent / "e2e_waterfall.png"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -379,7 +507,8 @@ def e2e(
     for m, s in stats.items():
         p50 = f"{s.e2e.p50:,.0f}" if s.e2e else "–"
         p95 = f"{s.e2e.p95:,.0f}" if s.e2e else "–"
-        console.print(f"{m}: e2e p50 {p50} ms, p95 {p95} ms ({s.timed} timed turns, {s.interrupted} interrupted)")
+        console.print(f"{m}: e2e p50 {p50} ms, p95 {p95} ms ({s.timed} timed turns, {s.interrupted} interrupted "
+                      "other than by the playback cut)")
     for g in goal_checks(stats):
         colour = {"PASS": "green", "FAIL": "red"}.get(g.verdict, "yellow")
         console.print(f"[{colour}]{g.verdict}[/{colour}] {g.name}: {g.figures}  (goal {g.goal})")

@@ -62,7 +62,10 @@ class E2EConfig:
     vision_fps: float = 2.0
     llm_url: str | None = None  # an LLM server to use instead of starting `python -m trt_server`
     lead_in_s: float = 8.0  # silence before the first question: the agent subscribes to audio events
-    gap_s: float = 16.0  # silence after each question, for the reply to be thought and spoken
+    gap_s: float = 16.0  # silence after each question: time to think, start speaking, and be cut
+    #: Seconds of each reply played before the benchmark stops the speaker (0: every reply plays to its end,
+    #: and `gap_s` must then outlast the longest reply). e2e is measured before the cut.
+    playback_s: float = 6.0
     #: The agent's reply limit in tokens; None: the agent's own setting (what the robot runs with).
     max_tokens: int | None = None
     startup_timeout_s: float = 180.0
@@ -77,6 +80,8 @@ class E2EResult:
     #: Turn records as the agent wrote them, plus `mode`, `warmup` and `question` (the closest question).
     turns: list[dict[str, Any]] = field(default_factory=list)
     telemetry: dict[str, TelemetrySummary] = field(default_factory=dict)
+    #: Per mode: % of the machine's CPU used by processes other than the benchmark's own, meanwhile.
+    other_cpu_percent: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     jsonl_path: Path | None = None
     chart_path: Path | None = None
@@ -119,7 +124,8 @@ class ModeStats:
     mode: str
     turns: int  # records of the mode, warm-up excluded
     timed: int  # of which have an e2e figure
-    interrupted: int
+    interrupted: int  # by anything but the benchmark's playback cut (a barge-in, a failure)
+    cut: int  # replies the benchmark stopped after `playback_s`
     failed: int
     e2e: Summary | None
     #: Per stage of `STAGE_LABELS`: ms after t0.
@@ -139,7 +145,8 @@ def mode_stats(turns: list[dict[str, Any]], mode: str) -> ModeStats:
     parts["e2e_minus_in_e2e_parts"] = summarize(
         float(r["e2e_ms"]) - (p["sum"] - p["vad_tail"]) for r, p in per_turn if p is not None)
     return ModeStats(mode=mode, turns=len(counted), timed=len(timed),
-                     interrupted=sum(bool(r.get("interrupted")) for r in counted),
+                     interrupted=sum(bool(r.get("interrupted")) and not r.get("cut_by_bench") for r in counted),
+                     cut=sum(bool(r.get("cut_by_bench")) for r in counted),
                      failed=sum(r.get("error") is not None for r in counted),
                      e2e=summarize(float(r["e2e_ms"]) for r in timed), stages=stages, parts=parts)
 
@@ -212,22 +219,26 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
     stats = {m: mode_stats(result.turns, m) for m in modes}
     vision = f"the vision service on `{cfg.vision_source.name}` at {cfg.vision_fps:g} fps" \
         if cfg.vision_source is not None else "no vision service (the robot says it cannot see)"
+    replies = f"replies of at most {cfg.max_tokens} tokens" if cfg.max_tokens else "the agent's own reply limits"
+    cut = (f"the benchmark stops each reply after {cfg.playback_s:g} s of playback, after e2e is measured, so "
+           "the next question need not wait for a long reply") if cfg.playback_s > 0 else "every reply plays out"
     out = ["## End to end (`watus bench e2e`)", "",
            f"Measured {result.started}: {len(cfg.questions)} questions spoken by piper × {cfg.runs} run(s) per "
            f"mode after {cfg.warmup} untimed warm-up question(s), played in real time as the audio service's "
            f"microphone ({cfg.gap_s:g} s of silence after each question), with every process on 127.0.0.1: "
            f"the LLM server{' at ' + cfg.llm_url if cfg.llm_url else ''}, {vision}, the agent "
-           f"(temperature 0, replies of at most {cfg.max_tokens} tokens) and the audio service (null speaker "
-           "paced in real time)." + (f" Raw data: `{result.jsonl_path}`." if result.jsonl_path else ""), "",
+           f"(temperature 0, {replies}) and the audio service (null speaker paced in real time; {cut})."
+           + (f" Raw data: `{result.jsonl_path}`." if result.jsonl_path else ""), "",
            "e2e = playback start − end of speech (t0, when the VAD declared it), from the agent's turn log. "
            "Streaming speaks each sentence as soon as it is complete; the sequential baseline waits for the "
            "whole reply, then synthesises all of it, then plays it (the original Watus plan).", ""]
     out += ["### Machine", "", _row("", ""), "|---|---|", *[_row(k, v) for k, v in result.machine.items()], ""]
-    out += ["### Turns", "", _row("mode", "turns", "with e2e", "interrupted", "failed", "e2e p50 ms",
-                                  "e2e p95 ms", "e2e max ms"), "|---|---|---|---|---|---|---|---|"]
+    out += ["### Turns", "", _row("mode", "turns", "with e2e", "cut by the benchmark", "interrupted otherwise",
+                                  "failed", "e2e p50 ms", "e2e p95 ms", "e2e max ms"),
+            "|---|---|---|---|---|---|---|---|---|"]
     for m, s in stats.items():
-        out.append(_row(m, str(s.turns), str(s.timed), str(s.interrupted), str(s.failed), _p(s.e2e, "p50"),
-                        _p(s.e2e, "p95"), _p(s.e2e, "max")))
+        out.append(_row(m, str(s.turns), str(s.timed), str(s.cut), str(s.interrupted), str(s.failed),
+                        _p(s.e2e, "p50"), _p(s.e2e, "p95"), _p(s.e2e, "max")))
     out += ["", "### Stages (ms after end of speech)", "", *_pair_header("stage", modes)]
     for stage, label in STAGE_LABELS.items():
         out.append(_row(label, *[_p(stats[m].stages.get(stage), q) for m in modes for q in ("p50", "p95")]))
@@ -243,11 +254,15 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
             "baseline \"first sentence\" is the whole reply and playback waits for the whole synthesis."]
     if result.telemetry:
         out += ["", "### Telemetry (while each mode's questions played)", "",
-                _row("mode", "source", "samples", "RAM used MB mean / max", "CPU % mean / max", "GPU % mean / max",
-                     "power W mean / max"), "|---|---|---|---|---|---|---|"]
+                _row("mode", "source", "samples", "RAM used MB mean / max", "CPU % mean / max",
+                     "other processes CPU %", "GPU % mean / max", "power W mean / max"),
+                "|---|---|---|---|---|---|---|---|"]
         for m, tel in result.telemetry.items():
             out.append(_row(m, tel.source, str(tel.samples), _mm(tel.ram_used_mb), _mm(tel.cpu_percent),
-                            _mm(tel.gpu_percent), _mm(tel.power_mw.get("total"), 1e-3, 1)))
+                            fmt(result.other_cpu_percent.get(m), 0), _mm(tel.gpu_percent),
+                            _mm(tel.power_mw.get("total"), 1e-3, 1)))
+        out += ["", "Other processes' CPU is the machine's busy time minus this benchmark's process tree; above "
+                "10% the figures of that mode were measured on a busy machine and are noisy."]
     out += ["", "### Goal check", "", _row("check", "goal", "figures", "result"), "|---|---|---|---|"]
     out += [_row(g.name, g.goal, g.figures, f"**{g.verdict}**") for g in goal_checks(stats)]
     if chart_link:
@@ -291,9 +306,10 @@ def write_jsonl(path: Path, result: E2EResult) -> None:
     stats = {m: mode_stats(result.turns, m) for m in modes}
     for m, s in stats.items():
         lines.append({"type": "summary", "mode": m, "turns": s.turns, "timed": s.timed,
-                      "interrupted": s.interrupted, "failed": s.failed, "e2e_ms": s.e2e, "stages_ms": s.stages,
-                      "critical_ms": s.parts,
-                      "telemetry": result.telemetry[m].as_dict() if m in result.telemetry else None})
+                      "interrupted": s.interrupted, "cut": s.cut, "failed": s.failed, "e2e_ms": s.e2e,
+                      "stages_ms": s.stages, "critical_ms": s.parts,
+                      "telemetry": result.telemetry[m].as_dict() if m in result.telemetry else None,
+                      "other_cpu_percent": result.other_cpu_percent.get(m)})
     lines += [{"type": "goal", **asdict(g)} for g in goal_checks(stats)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -310,8 +326,8 @@ _COLOURS = {
     "playback_end": "#ccb974",
 }
 _SEGMENT_LABELS = {
-    "vad_tail": "VAD tail", "asr_done": "ASR", "scene_fetched": "scene", "llm_first_token": "LLM first token",
-    "first_sentence": "LLM to first sentence", "tts_first_audio": "TTS first chunk",
+    "vad_tail": "VAD tail", "asr_done": "ASR", "scene_fetched": "scene", "llm_first_token": "LLM to first token",
+    "first_sentence": "LLM first token → first sentence", "tts_first_audio": "TTS first chunk",
     "playback_start": "to playback start", "playback_end": "speaking",
 }
 
@@ -357,8 +373,8 @@ def waterfall_chart(result: E2EResult, path: Path) -> Path:
     axes[-1].set_xlabel("ms after end of speech (t0); the speaking bar is cut at the right edge")
     handles = [Patch(color=c, label=_SEGMENT_LABELS[k], alpha=0.35 if k == "playback_end" else 1.0)
                for k, c in _COLOURS.items()]
-    fig.legend(handles=handles, loc="outside upper center", ncol=4, fontsize=8)
     fig.suptitle("Watus spoken turns: stages from end of speech", fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
