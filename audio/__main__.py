@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from audio.settings import AudioSettings, MicBackend, SpeakerBackend, TtsEngineKind, VadEngineKind
 from watus.logs import setup_logging
+from watus.serve import serve
 
 log = logging.getLogger("audio")
 
@@ -100,21 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from audio.app import create_app
 
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
-
-    def on_load_failure(exc: BaseException) -> None:
-        failed.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(settings, on_load_failure=on_load_failure)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=5, access_log=False)
-    server = _Server(config, app)
-    server.run()
-    return 1 if failed or not server.started else 0
-
+    return serve(lambda on_failure: create_app(settings, on_load_failure=on_failure), settings.host, settings.port,
+                 name="audio", graceful_s=5, make_server=_Server)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -149,20 +149,23 @@ def test_notify_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sdnotify.watchdog_interval_s() == 5.0
 
 
-def test_llm_server_sends_ready_after_load_and_watchdog_pings(notify_socket: socket.socket, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("module", "prefix"), [("trt_server", "WATUS_LLM_"), ("vision", "WATUS_VISION_"),
+                                                ("audio", "WATUS_AUDIO_"), ("watus", "WATUS_AGENT_")])
+def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: socket.socket, tmp_path: Path,
+                                                             module: str, prefix: str) -> None:
     port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000",
-           "WATUS_LLM_PORT": str(port)}
+           f"{prefix}PORT": str(port)}
     env.pop("WATCHDOG_PID", None)
     with open(tmp_path / "log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "trt_server"], env=env, cwd=ROOT, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc)
         messages = _received(notify_socket, time.monotonic() + 1.5)
         ready = [m for m in messages if m.startswith("READY=1")]
-        assert len(ready) == 1 and "STATUS=serving" in ready[0]
+        assert len(ready) == 1 and "ready" in ready[0]
         # Pinged every 0.2 s (half of WatchdogSec) from the event loop.
         assert sum(m == "WATCHDOG=1" for m in messages) >= 4
         assert httpx.get(url + "/health").status_code == 200

@@ -7,19 +7,17 @@ with a one-line error saying what to do, and a non-zero status, never a tracebac
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from trt_server.app import create_app
 from trt_server.engines.base import EngineError
 from trt_server.settings import EngineKind, LLMSettings
-from watus import sdnotify
 from watus.logs import setup_logging
+from watus.serve import serve
 
 log = logging.getLogger("trt_server")
 
@@ -57,28 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 2
 
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
-
-    def on_load_failure(exc: BaseException) -> None:
-        failed.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    async def on_ready(status: str) -> None:
-        # READY=1 only once the socket is bound too, so that clients started after us can connect.
-        while server is not None and not server.started and not server.should_exit:  # noqa: ASYNC110 (a flag only)
-            await asyncio.sleep(0.05)
-        sdnotify.ready(status)
-
-    app = create_app(settings, on_load_failure=on_load_failure, on_ready=on_ready)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=10, access_log=False)
-    server = uvicorn.Server(config)
-    server.run()
-    # `started` stays False when the port could not be bound.
-    return 1 if failed or not server.started else 0
-
+    return serve(lambda on_failure: create_app(settings, on_load_failure=on_failure), settings.host, settings.port,
+                 name="LLM server")
 
 if __name__ == "__main__":
     sys.exit(main())

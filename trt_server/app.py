@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -28,7 +28,6 @@ from trt_server.serving import ServerState, chat_completion, completion
 from trt_server.settings import LLMSettings
 from trt_server.templating import ChatTemplate
 from watus import metrics as m
-from watus import sdnotify
 from watus.memwatch import SwapWatch
 from watus.timing import TURN_HEADER, clean_turn_id
 
@@ -74,9 +73,6 @@ async def _load(app: FastAPI, settings: LLMSettings) -> None:
             validate_schema=_schema_validator(engine),
         )
         log.info("model %s ready (%s)", engine.model_id, engine.info())
-        on_ready = app.state.on_ready
-        if on_ready is not None:
-            await on_ready(f"serving {engine.model_id}")
     except Exception as e:
         app.state.load_error = str(e)
         log.error("could not load the model: %s", e)
@@ -115,9 +111,8 @@ TurnHeader = Annotated[str | None, Header(alias=TURN_HEADER)]
 
 
 def create_app(settings: LLMSettings | None = None,
-               on_load_failure: Callable[[BaseException], None] | None = None,
-               on_ready: Callable[[str], Awaitable[None]] | None = None) -> FastAPI:
-    """The LLM server app. `on_ready` runs once the model is loaded and warmed (systemd's READY=1)."""
+               on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The LLM server app; `on_load_failure` lets the entry point stop the process when the model fails."""
     settings = settings or LLMSettings()
 
     @asynccontextmanager
@@ -125,16 +120,12 @@ def create_app(settings: LLMSettings | None = None,
         app.state.llm = None
         app.state.load_error = None
         app.state.on_load_failure = on_load_failure
-        app.state.on_ready = on_ready
         loader = asyncio.create_task(_load(app, settings))
-        watchdog = asyncio.create_task(sdnotify.watchdog_loop(lambda: app.state.load_error is None))
         try:
             yield
         finally:
-            sdnotify.stopping()
-            for task in (loader, watchdog):
-                task.cancel()
-            await asyncio.gather(loader, watchdog, return_exceptions=True)
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
             state: ServerState | None = app.state.llm
             if state is not None:
                 await state.engine.close()

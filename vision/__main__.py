@@ -12,12 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from vision.app import create_app
 from vision.settings import VisionSettings
 from watus.logs import setup_logging
+from watus.serve import serve
 
 log = logging.getLogger("vision")
 
@@ -63,21 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                       "%s at an existing file", path, setting, setting)
             return 2
 
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
-
-    def on_load_failure(exc: BaseException) -> None:
-        failed.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(settings, on_load_failure=on_load_failure)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=3, access_log=False)
-    server = uvicorn.Server(config)
-    server.run()
-    return 1 if failed or not server.started else 0
-
+    return serve(lambda on_failure: create_app(settings, on_load_failure=on_failure), settings.host, settings.port,
+                 name="vision", graceful_s=3)
 
 if __name__ == "__main__":
     sys.exit(main())

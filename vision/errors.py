@@ -1,4 +1,4 @@
-"""Errors of the vision service and their mapping to OpenAI-style bodies, in one place.
+"""Errors of the vision service; the shared API types and their HTTP mapping live in `watus.api_errors`.
 
 Engine-layer failures (a missing model, an undecodable image) are specific exception types raised
 below the routers; `install_error_handlers` turns each into `{"error": {"message", "type", "param",
@@ -8,12 +8,29 @@ below the routers; `install_error_handlers` turns each into `{"error": {"message
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
+
+from watus import api_errors
+from watus.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
+
+__all__ = [
+    "APIError",
+    "BadImageError",
+    "BadRequestError",
+    "InternalEngineError",
+    "ModelLoadError",
+    "ModelMissingError",
+    "NoSceneError",
+    "NotReadyError",
+    "OverloadedError",
+    "StaleSceneError",
+    "TooLargeError",
+    "UnsupportedImageError",
+    "VisionError",
+    "error_body",
+    "install_error_handlers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +45,6 @@ class ModelMissingError(VisionError):
 
 class ModelLoadError(VisionError):
     """A model file exists but could not be loaded."""
-
-
-class APIError(Exception):
-    status = 400
-    type = "invalid_request_error"
-    code: str | None = None
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
 
 
 class BadImageError(APIError):
@@ -76,40 +75,10 @@ class NoSceneError(APIError):
     code = "no_scene"
 
 
-class NotReadyError(APIError):
-    status = 503
-    type = "server_not_ready"
-    code = "model_loading"
-
-
-class OverloadedError(APIError):
-    status = 503
-    type = "server_overloaded"
+class OverloadedError(api_errors.OverloadedError):
     code = "busy"
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        if exc.status >= 500 and exc.status != 503:
-            log.error("request failed: %s", exc.message)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        param = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body")) or None
-        msg = str(first.get("msg", "invalid request"))
-        return JSONResponse(error_body(f"{param}: {msg}" if param else msg, "invalid_request_error", param),
-                            status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    """The shared handlers; 503s (loading, busy, no or stale scene) are states clients poll through, not logged."""
+    api_errors.install_error_handlers(app, logger=log, quiet_statuses={503})

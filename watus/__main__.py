@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
-from watus import sdnotify
 from watus.agent.app import create_app
 from watus.agent.settings import AgentSettings
 from watus.logs import setup_logging
+from watus.serve import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,19 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"watus agent: invalid settings:\n{e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
-    server: uvicorn.Server | None = None
-
-    async def on_ready() -> None:
-        while server is not None and not server.started and not server.should_exit:  # noqa: ASYNC110 (a flag only)
-            await asyncio.sleep(0.05)
-        sdnotify.ready("voice loop running")
-
-    app = create_app(settings, voice_loop=not args.no_voice, on_ready=on_ready)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=10))
-    server.run()
-    return 0 if server.started else 1
-
+    return serve(lambda _: create_app(settings, voice_loop=not args.no_voice), settings.host, settings.port,
+                 name="agent")
 
 if __name__ == "__main__":
     sys.exit(main())

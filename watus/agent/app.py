@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from watus import metrics as m
-from watus import sdnotify
 from watus.agent.audio_client import AudioClient
 from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
 from watus.agent.scene import VisionClient
@@ -103,23 +102,19 @@ async def _probe(url: str) -> dict[str, Any]:
         return {"ok": False, "status": f"down ({type(e).__name__})"}
 
 
-def create_app(settings: AgentSettings | None = None, voice_loop: bool = True,
-               on_ready: Callable[[], Coroutine[Any, Any, None]] | None = None) -> FastAPI:
+def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -> FastAPI:
     settings = settings or AgentSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AgentState(settings)
         app.state.agent = state
-        tasks = [asyncio.create_task(sdnotify.watchdog_loop()), asyncio.create_task(_warm_llm(state))]
+        tasks = [asyncio.create_task(_warm_llm(state))]
         if voice_loop:
             tasks.append(asyncio.create_task(state.loop.run(), name="voice-loop"))
-        if on_ready is not None:
-            tasks.append(asyncio.create_task(on_ready()))
         try:
             yield
         finally:
-            sdnotify.stopping()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -193,13 +193,14 @@ class PlaybackCutter:
                 self._over.add(turn)
 
     def _llm_busy(self) -> bool:
-        """Whether the LLM server reports a request generating; False where it does not say."""
+        """Whether the LLM server reports a request generating (or does not answer); False where it has no
+        such gauge."""
         if self._llm_metrics is None:
             return False
         try:
-            text = httpx.get(self._llm_metrics, timeout=2.0, trust_env=False).text
+            text = httpx.get(self._llm_metrics, timeout=5.0, trust_env=False).text
         except httpx.HTTPError:
-            return False
+            return True  # a server too busy to answer is busy
         for line in text.splitlines():
             if line.startswith("watus_llm_requests_running"):
                 return float(line.split()[-1]) > 0
@@ -215,12 +216,15 @@ class PlaybackCutter:
             idle_checks = 0 if self._llm_busy() else idle_checks + 1
             self._closed.wait(0.3)
         try:
-            httpx.post(self._url + "/v1/stop", timeout=5.0, trust_env=False).raise_for_status()
-        except httpx.HTTPError as e:
+            r = httpx.post(self._url + "/v1/stop", timeout=5.0, trust_env=False)
+            r.raise_for_status()
+            stopped = bool(r.json().get("stopped"))
+        except (httpx.HTTPError, ValueError) as e:
             log.warning("playback cutter: could not stop turn %s: %s", turn, e)
             return
-        with self._lock:
-            self.cut.add(turn)
+        if stopped:  # False: something else (a barge-in) had ended the turn's playback already
+            with self._lock:
+                self.cut.add(turn)
 
 
 # --- the microphone --------------------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ def run_mode(mode: str, cfg: E2EConfig, mic: Path, timeline_s: float, expected: 
     questions = [WARMUP_QUESTION, *cfg.questions]
     for i, rec in enumerate(records[:expected]):
         question, wer = closest_question(str(rec.get("transcript", "")), questions)
-        result.turns.append({**rec, "mode": mode, "warmup": i < cfg.warmup, "question": question,
+        result.turns.append({**rec, "mode": mode, "index": i, "warmup": i < cfg.warmup, "question": question,
                              "question_wer": wer, "cut_by_bench": rec.get("turn_id") in cutter.cut})
 
 
@@ -378,6 +382,13 @@ def _vision(cfg: E2EConfig, out_dir: Path, stamp: str, progress: ProgressFn) -> 
         yield url
 
 
+def _model_name(llm_url: str) -> str | None:
+    try:
+        return str(httpx.get(llm_url + "/v1/models", timeout=5.0, trust_env=False).json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, chart: Path | None = None,
                   progress: ProgressFn | None = None) -> E2EResult:
     """Run every mode in turn; write the JSONL (in `out_dir`), the chart, and the report section if given."""
@@ -400,6 +411,7 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
     timeline_s = cfg.lead_in_s + sum(speech_s) + cfg.gap_s * len(sequence)
     log.info("%d questions per mode, %.0f s of microphone each", len(sequence), timeline_s)
     with _llm(cfg, out_dir, stamp, say) as llm_url, _vision(cfg, out_dir, stamp, say) as vision_url:
+        result.llm_model = _model_name(llm_url)
         for mode in cfg.modes:
             try:
                 run_mode(mode, cfg, mic, timeline_s, len(sequence), llm_url, vision_url, out_dir, stamp, result,

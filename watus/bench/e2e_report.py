@@ -83,6 +83,7 @@ class E2EResult:
     #: Per mode: % of the machine's CPU used by processes other than the benchmark's own, meanwhile.
     other_cpu_percent: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    llm_model: str | None = None  # as the LLM server lists it
     jsonl_path: Path | None = None
     chart_path: Path | None = None
 
@@ -220,13 +221,15 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
     vision = f"the vision service on `{cfg.vision_source.name}` at {cfg.vision_fps:g} fps" \
         if cfg.vision_source is not None else "no vision service (the robot says it cannot see)"
     replies = f"replies of at most {cfg.max_tokens} tokens" if cfg.max_tokens else "the agent's own reply limits"
-    cut = (f"the benchmark stops each reply after {cfg.playback_s:g} s of playback, after e2e is measured, so "
-           "the next question need not wait for a long reply") if cfg.playback_s > 0 else "every reply plays out"
+    cut = (f"the benchmark stops each reply after {cfg.playback_s:g} s of playback, once the LLM has finished it "
+           "(e2e is measured before), so the next question need not wait for a long reply to play"
+           ) if cfg.playback_s > 0 else "every reply plays out"
     out = ["## End to end (`watus bench e2e`)", "",
            f"Measured {result.started}: {len(cfg.questions)} questions spoken by piper × {cfg.runs} run(s) per "
            f"mode after {cfg.warmup} untimed warm-up question(s), played in real time as the audio service's "
            f"microphone ({cfg.gap_s:g} s of silence after each question), with every process on 127.0.0.1: "
-           f"the LLM server{' at ' + cfg.llm_url if cfg.llm_url else ''}, {vision}, the agent "
+           f"the LLM server{' at ' + cfg.llm_url if cfg.llm_url else ''}"
+           f"{f' (`{result.llm_model}`)' if result.llm_model else ''}, {vision}, the agent "
            f"(temperature 0, {replies}) and the audio service (null speaker paced in real time; {cut})."
            + (f" Raw data: `{result.jsonl_path}`." if result.jsonl_path else ""), "",
            "e2e = playback start − end of speech (t0, when the VAD declared it), from the agent's turn log. "
@@ -299,7 +302,8 @@ def write_jsonl(path: Path, result: E2EResult) -> None:
     summary line per mode, its telemetry, and the goal checks."""
     modes = list(result.config.modes)
     lines: list[dict[str, Any]] = [{"type": "meta", "started": result.started, "config": asdict(result.config),
-                                    "machine": result.machine, "errors": result.errors,
+                                    "machine": result.machine, "llm_model": result.llm_model,
+                                    "errors": result.errors,
                                     "chart": result.chart_path}]
     for r in result.turns:
         lines.append({"type": "turn", **r, "since_t0_ms": since_t0(r), "critical_ms": critical_parts(r)})
@@ -332,6 +336,12 @@ _SEGMENT_LABELS = {
 }
 
 
+def _turn_label(record: dict[str, Any], row: int, warmup: int) -> str:
+    # Numbered by place in the mode's sequence, so a turn left out (no e2e) shows as a gap in the numbers.
+    number = int(record["index"]) - warmup + 1 if "index" in record else row + 1
+    return f"{number}. {str(record.get('question') or record.get('transcript', ''))[:30]}"
+
+
 def waterfall_chart(result: E2EResult, path: Path) -> Path:
     """A PNG: per mode a panel, per timed turn a row of horizontal bars, one per stage, from t0 (x = 0)."""
     from matplotlib.figure import Figure
@@ -362,7 +372,7 @@ def waterfall_chart(result: E2EResult, path: Path) -> Path:
                 previous = t[stage]
             ax.text(float(rec["e2e_ms"]) + longest * 0.01, y, f"{float(rec['e2e_ms']):,.0f} ms", va="center",
                     fontsize=8)
-        labels = [f"{i + 1}. {str(r.get('question') or r.get('transcript', ''))[:30]}" for i, r in enumerate(turns)]
+        labels = [_turn_label(r, i, result.config.warmup) for i, r in enumerate(turns)]
         ax.set_yticks(range(len(turns)), labels, fontsize=8)
         ax.set_ylim(len(turns) - 0.5 if turns else 0.5, -0.5)
         ax.axvline(0, color="black", linewidth=0.8)
