@@ -21,6 +21,7 @@ from watus.bench.e2e import _questions, closest_question, e2e
 from watus.bench.e2e_report import (
     E2EConfig,
     E2EResult,
+    ModeTelemetry,
     chart_link,
     critical_parts,
     goal_checks,
@@ -30,6 +31,7 @@ from watus.bench.e2e_report import (
     waterfall_chart,
     write_jsonl,
 )
+from watus.telemetry import MeanMax, TelemetrySummary
 
 MS = 1_000_000  # ns
 
@@ -151,6 +153,8 @@ def test_questions_option() -> None:
 
 def test_markdown_jsonl_and_chart(turns: list[dict[str, Any]], tmp_path: Path) -> None:
     result = result_of(turns)
+    result.telemetry = [ModeTelemetry("streaming", 1, TelemetrySummary("psutil", 3, 1.5, cpu_percent=MeanMax(40, 80)),
+                                      12.5)]
     report = tmp_path / "docs" / "benchmarks.md"
     chart = waterfall_chart(result, tmp_path / "docs" / "e2e_waterfall.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
@@ -159,14 +163,15 @@ def test_markdown_jsonl_and_chart(turns: list[dict[str, Any]], tmp_path: Path) -
     update_markdown_section(report, "e2e", render_markdown(result, link))
     text = report.read_text()
     assert "<!-- bench:e2e:start -->" in text and "<!-- bench:e2e:end -->" in text
-    assert "| streaming | 3 | 3 | 0 | 0 | 0 | 1,100 |" in text  # turns, e2e p50
-    assert "| sequential | 5 | 4 | 1 | 1 | 0 | 3,300 |" in text
+    assert "| streaming | 3 | 3 | 0 | 0 | 0 | 11 | 1,100 |" in text  # turns, reply chars, e2e p50
+    assert "| sequential | 5 | 4 | 1 | 1 | 0 | 11 | 3,300 |" in text
     assert "| stage | streaming p50 | streaming p95 | sequential p50 | sequential p95 |" in text
     assert "| LLM to first sentence | 570 |" in text
     assert "| **sum** (per turn) | 1,590 |" in text
     assert "| streaming vs sequential | streaming e2e p50 ≤ 0.5 × sequential e2e p50 |" in text
     assert "= 0.333×" in text and text.count("**PASS**") == 2
     assert "![Stages of each turn from end of speech, per mode](e2e_waterfall.png)" in text
+    assert "| streaming | 1 | psutil | 3 | – | 40 / 80 | 12 | – | – |" in text  # telemetry of the pass
 
     result.jsonl_path = tmp_path / "e2e.jsonl"
     result.chart_path = chart
@@ -178,6 +183,8 @@ def test_markdown_jsonl_and_chart(turns: list[dict[str, Any]], tmp_path: Path) -
     assert summary["streaming"]["e2e_ms"]["p50"] == 1100
     assert summary["streaming"]["critical_ms"]["sum"]["p50"] == pytest.approx(1590)
     assert [x["verdict"] for x in lines if x["type"] == "goal"] == ["PASS", "PASS"]
+    (tel,) = [x for x in lines if x["type"] == "telemetry"]
+    assert tel["mode"] == "streaming" and tel["other_cpu_percent"] == 12.5 and tel["cpu_percent"]["max"] == 80
     first_turn = next(x for x in lines if x["type"] == "turn" and not x["warmup"])
     assert first_turn["critical_ms"]["sum"] == pytest.approx(1490)
 
@@ -215,8 +222,10 @@ def test_real_run_one_question_per_mode(tmp_path: Path) -> None:
         assert rec["e2e_ms"] is not None and 0 < rec["e2e_ms"] < 30_000, rec
         assert rec["critical_ms"] is not None and rec["critical_ms"]["vad_tail"] > 0, rec
         assert rec["t_ns"]["speech_end"] < rec["t_ns"]["asr_done"] <= rec["t_ns"]["playback_start"], rec
-        assert rec["mode"] == mode and rec["scene"]["error"]  # no vision: the agent knew it could not see
+        assert rec["mode"] == mode and rec["run"] == 1 and rec["index"] == 0 and not rec["warmup"]
+        assert rec["scene"]["error"]  # no vision: the agent knew it could not see
     text = report.read_text()
     assert "<!-- bench:e2e:start -->" in text and "### Goal check" in text
     assert "](e2e_waterfall.png)" in text
+    assert {(x["mode"], x["run"]) for x in lines if x["type"] == "telemetry"} == {("streaming", 1), ("sequential", 1)}
     assert (report.parent / "e2e_waterfall.png").read_bytes()[:4] == b"\x89PNG"

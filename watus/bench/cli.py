@@ -17,6 +17,7 @@ from rich.table import Table
 
 from watus.bench import update_markdown_section
 from watus.bench.degradation import degradation
+from watus.bench.e2e import e2e
 from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
 from watus.bench.speech import speech
 from watus.bench.stats import Summary, fmt
@@ -128,6 +129,7 @@ def llm(
 bench_app.command("speech")(speech)
 bench_app.command("degradation")(degradation)
 bench_app.command("vision")(vision)
+bench_app.command("e2e")(e2e)
 
 
 if __name__ == "__main__":

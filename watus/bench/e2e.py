@@ -6,10 +6,13 @@ generated here) into the audio service's virtual microphone, in real time, while
 vision service (on an image or video) and the agent run as they do on the robot. The agent's turn log
 is the measurement: every stage of every turn on the machine-wide monotonic clock.
 
-Each mode gets a fresh agent (`WATUS_AGENT_PIPELINE=<mode>`, its own turn log) and a fresh audio service
-playing the same microphone folder; the LLM server and vision run once for both, so the modes differ in
-the pipeline only. The agent starts first, because it must be subscribed to the audio events before the
-first question plays (the first WAV begins with `lead_in_s` of silence for that).
+Each pass of each mode gets a fresh agent (`WATUS_AGENT_PIPELINE=<mode>`, its own turn log, an empty
+conversation) and a fresh audio service playing the same microphone folder; the LLM server and vision run
+once for all, so the modes differ in the pipeline only, and passes alternate the modes' order so a load
+that drifts weighs on both. The agent starts first, because it must be subscribed to the audio events
+before the first question plays (the first WAV begins with `lead_in_s` of silence for that). Once a reply
+has played a few seconds and the LLM is idle, the benchmark stops the speaker (see `PlaybackCutter`), so
+a question need not wait out the 40 s a long reply can take.
 
 Results: a JSONL (turns, per-mode summaries, telemetry, goal checks), the `bench:e2e` section of
 `docs/benchmarks.md`, and a waterfall PNG beside it. The report itself lives in `e2e_report`.
@@ -29,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +46,7 @@ from watus.bench.e2e_report import (
     MODES,
     E2EConfig,
     E2EResult,
+    ModeTelemetry,
     chart_link,
     goal_checks,
     mode_stats,
@@ -299,54 +304,76 @@ def _collect(turn_log: Path, expected: int, deadline: float, label: str, progres
     return records
 
 
-def run_mode(mode: str, cfg: E2EConfig, mic: Path, timeline_s: float, expected: int, llm_url: str,
-             vision_url: str, out_dir: Path, stamp: str, result: E2EResult, progress: ProgressFn) -> None:
-    """One pipeline mode: a fresh agent, then a fresh audio service playing `mic`, until `expected` turns."""
+@dataclass
+class _Session:
+    """What every mode of one benchmark run shares: where things go, the microphone, the shared services."""
+
+    cfg: E2EConfig
+    out_dir: Path
+    stamp: str
+    mic: Path
+    timeline_s: float  # seconds the microphone folder plays
+    expected: int  # turns per pass of one mode
+    llm_url: str
+    vision_url: str
+    result: E2EResult
+    progress: ProgressFn
+
+
+def run_mode(mode: str, run: int, ses: _Session) -> None:
+    """One pass of one pipeline mode: a fresh agent, then a fresh audio service playing the microphone
+    folder, until every question has a turn record."""
+    cfg, result = ses.cfg, ses.result
     agent_port, audio_port = _free_port(), _free_port()
     agent_url, audio_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{audio_port}"
-    turn_log = out_dir / f"e2e-{stamp}-{mode}-turns.jsonl"
+    name = f"e2e-{ses.stamp}-{mode}-run{run}"
+    turn_log = ses.out_dir / f"{name}-turns.jsonl"
     agent_env = {"WATUS_AGENT_HOST": "127.0.0.1", "WATUS_AGENT_PORT": str(agent_port),
-                 "WATUS_AGENT_LLM_URL": llm_url, "WATUS_AGENT_VISION_URL": vision_url,
+                 "WATUS_AGENT_LLM_URL": ses.llm_url, "WATUS_AGENT_VISION_URL": ses.vision_url,
                  "WATUS_AGENT_AUDIO_URL": audio_url, "WATUS_AGENT_TURN_LOG": str(turn_log),
                  "WATUS_AGENT_PIPELINE": mode, "WATUS_AGENT_TEMPERATURE": "0"}
     if cfg.max_tokens is not None:
         agent_env["WATUS_AGENT_MAX_TOKENS"] = str(cfg.max_tokens)
     audio_env = {"WATUS_AUDIO_HOST": "127.0.0.1", "WATUS_AUDIO_PORT": str(audio_port),
-                 "WATUS_AUDIO_MIC_BACKEND": "file", "WATUS_AUDIO_MIC_FILE": str(mic),
+                 "WATUS_AUDIO_MIC_BACKEND": "file", "WATUS_AUDIO_MIC_FILE": str(ses.mic),
                  "WATUS_AUDIO_MIC_GAP_S": str(cfg.gap_s), "WATUS_AUDIO_MIC_LOOP": "false",
                  "WATUS_AUDIO_SPEAKER_BACKEND": "null"}
-    label = f"{mode}: turns"
+    label = f"{mode}, run {run}/{cfg.runs}"
     with ExitStack() as stack:
-        progress(f"{mode}: agent + audio starting", 0, 1)
-        stack.enter_context(service("watus", agent_env, agent_url, out_dir / f"e2e-{stamp}-{mode}-agent.log",
+        ses.progress(f"{label}: starting agent + audio", 0, 1)
+        stack.enter_context(service("watus", agent_env, agent_url, ses.out_dir / f"{name}-agent.log",
                                     cfg.startup_timeout_s))
         # Entered before the audio service, so it leaves after it: the event stream has ended by then.
-        cutter = stack.enter_context(PlaybackCutter(audio_url, cfg.playback_s, llm_url))
-        stack.enter_context(service("audio", audio_env, audio_url, out_dir / f"e2e-{stamp}-{mode}-audio.log",
+        cutter = stack.enter_context(PlaybackCutter(audio_url, cfg.playback_s, ses.llm_url))
+        stack.enter_context(service("audio", audio_env, audio_url, ses.out_dir / f"{name}-audio.log",
                                     cfg.startup_timeout_s))
         started = time.monotonic()
-        progress(f"{mode}: agent + audio starting", 1, 1)
+        ses.progress(f"{label}: starting agent + audio", 1, 1)
         if not _wait_connected(agent_url, started + cfg.lead_in_s * 0.75):
-            result.errors.append(f"{mode}: the agent was not subscribed to the audio events within "
+            result.errors.append(f"{label}: the agent was not subscribed to the audio events within "
                                  f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
         sampler = stack.enter_context(TelemetrySampler(0.5))
         own_cpu = _own_cpu_seconds()
-        records = _collect(turn_log, expected, started + timeline_s + cfg.settle_timeout_s, label, progress)
+        records = _collect(turn_log, ses.expected, started + ses.timeline_s + cfg.settle_timeout_s,
+                           f"{label}: turns", ses.progress)
         own_cpu = _own_cpu_seconds() - own_cpu
         sampler.stop()
-        result.telemetry[mode] = tel = sampler.summary()
+    tel = sampler.summary()
+    other = None
     if tel.cpu_percent is not None and tel.duration_s > 0:
         mine = own_cpu / tel.duration_s / (psutil.cpu_count() or 1) * 100.0
-        other = result.other_cpu_percent[mode] = round(max(0.0, tel.cpu_percent.mean - mine), 1)
+        other = round(max(0.0, tel.cpu_percent.mean - mine), 1)
         if other > NOISY_OTHER_CPU_PERCENT:
-            log.warning("%s: other processes used %.0f%% of the CPU meanwhile; its figures are noisy", mode, other)
-    if len(records) < expected:
-        result.errors.append(f"{mode}: {len(records)} of {expected} turns recorded (see {turn_log})")
+            log.warning("%s: other processes used %.0f%% of the CPU meanwhile; its figures are noisy", label, other)
+    result.telemetry.append(ModeTelemetry(mode, run, tel, other))
+    if len(records) < ses.expected:
+        result.errors.append(f"{label}: {len(records)} of {ses.expected} turns recorded (see {turn_log})")
     questions = [WARMUP_QUESTION, *cfg.questions]
-    for i, rec in enumerate(records[:expected]):
+    for i, rec in enumerate(records[:ses.expected]):
         question, wer = closest_question(str(rec.get("transcript", "")), questions)
-        result.turns.append({**rec, "mode": mode, "index": i, "warmup": i < cfg.warmup, "question": question,
-                             "question_wer": wer, "cut_by_bench": rec.get("turn_id") in cutter.cut})
+        result.turns.append({**rec, "mode": mode, "run": run, "index": i, "warmup": i < cfg.warmup,
+                             "question": question, "question_wer": wer,
+                             "cut_by_bench": rec.get("turn_id") in cutter.cut})
 
 
 # --- the whole run ----------------------------------------------------------------------------------------------
@@ -391,7 +418,8 @@ def _model_name(llm_url: str) -> str | None:
 
 def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, chart: Path | None = None,
                   progress: ProgressFn | None = None) -> E2EResult:
-    """Run every mode in turn; write the JSONL (in `out_dir`), the chart, and the report section if given."""
+    """Run `cfg.runs` passes of every mode; write the JSONL (in `out_dir`), the chart and the report section
+    (where given). A mode whose processes do not start is reported in `errors`; the others still run."""
     from watus.bench import machine_info, update_markdown_section
 
     say: ProgressFn = progress or (lambda _label, _done, _total: None)
@@ -403,22 +431,25 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
     result = E2EResult(cfg, machine_info(("xllamacpp", "faster-whisper", "piper-tts", "onnxruntime",
                                           "pydantic-ai-slim")), started.isoformat(timespec="seconds"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    sequence = [WARMUP_QUESTION] * cfg.warmup + list(cfg.questions) * cfg.runs
+    sequence = [WARMUP_QUESTION] * cfg.warmup + list(cfg.questions)
     say("speaking the questions (piper)", 0, 1)
     speech_s = make_mic_folder(out_dir / f"e2e-{stamp}-wavs", sequence, cfg.lead_in_s)
     say("speaking the questions (piper)", 1, 1)
-    mic = out_dir / f"e2e-{stamp}-wavs" / "mic"
     timeline_s = cfg.lead_in_s + sum(speech_s) + cfg.gap_s * len(sequence)
-    log.info("%d questions per mode, %.0f s of microphone each", len(sequence), timeline_s)
+    log.info("%d questions per pass, %.0f s of microphone each", len(sequence), timeline_s)
     with _llm(cfg, out_dir, stamp, say) as llm_url, _vision(cfg, out_dir, stamp, say) as vision_url:
         result.llm_model = _model_name(llm_url)
-        for mode in cfg.modes:
-            try:
-                run_mode(mode, cfg, mic, timeline_s, len(sequence), llm_url, vision_url, out_dir, stamp, result,
-                         say)
-            except E2EBenchError as e:
-                log.error("%s mode failed: %s", mode, e)
-                result.errors.append(f"{mode}: {e}")
+        ses = _Session(cfg, out_dir, stamp, out_dir / f"e2e-{stamp}-wavs" / "mic", timeline_s, len(sequence),
+                       llm_url, vision_url, result, say)
+        for run in range(1, cfg.runs + 1):
+            # Passes alternate the order of the modes (AB BA ...), so a load that drifts during the run, or
+            # whatever the first mode leaves behind, weighs on both alike.
+            for mode in cfg.modes if run % 2 else tuple(reversed(cfg.modes)):
+                try:
+                    run_mode(mode, run, ses)
+                except E2EBenchError as e:
+                    log.error("%s, run %d failed: %s", mode, run, e)
+                    result.errors.append(f"{mode}, run {run}: {e}")
     if chart is not None and result.turns:
         result.chart_path = waterfall_chart(result, chart)
     result.jsonl_path = out_dir / f"e2e-{stamp}.jsonl"
@@ -460,8 +491,9 @@ def e2e(
     questions: Annotated[list[str] | None, typer.Option(
         "--questions", "-q", help="A number N (the first N built-in questions, repeated as needed) or the "
         "questions' text, repeatable. Default: the 4 built-in questions.")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Passes over the questions per mode.")] = 2,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each mode.")] = 1,
+    runs: Annotated[int, typer.Option(min=1, help="Passes over the questions per mode, each with a fresh agent "
+                                      "and audio service; passes alternate the modes' order.")] = 2,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each pass.")] = 1,
     modes: Annotated[str, typer.Option(help="Pipelines to run, comma separated.")] = "streaming,sequential",
     image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Image the vision service "
                                                "watches (default: the bus.jpg sample in the model cache).")] = None,

@@ -54,8 +54,10 @@ class E2EConfig:
 
     questions: tuple[str, ...] = ("What do you see?", "How many people are here?", "Hello Watus, how are you?",
                                   "What is your name?")
-    runs: int = 2  # passes over the questions per mode
-    warmup: int = 1  # untimed questions at the start of each mode
+    #: Passes over the questions per mode; each pass starts a fresh agent and audio service (and an empty
+    #: conversation), and passes alternate the modes' order.
+    runs: int = 2
+    warmup: int = 1  # untimed questions at the start of each pass
     modes: tuple[str, ...] = MODES
     #: Image or video the vision service watches; None: no vision service (the robot says it cannot see).
     vision_source: Path | None = None
@@ -73,15 +75,24 @@ class E2EConfig:
 
 
 @dataclass
+class ModeTelemetry:
+    """The machine while one pass of one mode played its questions."""
+
+    mode: str
+    run: int
+    summary: TelemetrySummary
+    #: % of the machine's CPU used by processes other than the benchmark's own process tree.
+    other_cpu_percent: float | None
+
+
+@dataclass
 class E2EResult:
     config: E2EConfig
     machine: dict[str, str]
     started: str
     #: Turn records as the agent wrote them, plus `mode`, `warmup` and `question` (the closest question).
     turns: list[dict[str, Any]] = field(default_factory=list)
-    telemetry: dict[str, TelemetrySummary] = field(default_factory=dict)
-    #: Per mode: % of the machine's CPU used by processes other than the benchmark's own, meanwhile.
-    other_cpu_percent: dict[str, float] = field(default_factory=dict)
+    telemetry: list[ModeTelemetry] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     llm_model: str | None = None  # as the LLM server lists it
     jsonl_path: Path | None = None
@@ -129,6 +140,8 @@ class ModeStats:
     cut: int  # replies the benchmark stopped after `playback_s`
     failed: int
     e2e: Summary | None
+    #: Characters of the replies (the sequential baseline's cost grows with them; streaming's does not).
+    reply_chars: Summary | None
     #: Per stage of `STAGE_LABELS`: ms after t0.
     stages: dict[str, Summary | None]
     #: Per key of `CRITICAL_PARTS`, plus `sum` and `e2e_minus_in_e2e_parts` (what playback start adds).
@@ -149,7 +162,9 @@ def mode_stats(turns: list[dict[str, Any]], mode: str) -> ModeStats:
                      interrupted=sum(bool(r.get("interrupted")) and not r.get("cut_by_bench") for r in counted),
                      cut=sum(bool(r.get("cut_by_bench")) for r in counted),
                      failed=sum(r.get("error") is not None for r in counted),
-                     e2e=summarize(float(r["e2e_ms"]) for r in timed), stages=stages, parts=parts)
+                     e2e=summarize(float(r["e2e_ms"]) for r in timed),
+                     reply_chars=summarize(len(str(r.get("reply") or "")) for r in timed if r.get("reply")),
+                     stages=stages, parts=parts)
 
 
 # --- goal check --------------------------------------------------------------------------------------------
@@ -225,9 +240,10 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
            "(e2e is measured before), so the next question need not wait for a long reply to play"
            ) if cfg.playback_s > 0 else "every reply plays out"
     out = ["## End to end (`watus bench e2e`)", "",
-           f"Measured {result.started}: {len(cfg.questions)} questions spoken by piper × {cfg.runs} run(s) per "
-           f"mode after {cfg.warmup} untimed warm-up question(s), played in real time as the audio service's "
-           f"microphone ({cfg.gap_s:g} s of silence after each question), with every process on 127.0.0.1: "
+           f"Measured {result.started}: {len(cfg.questions)} questions spoken by piper, {cfg.runs} pass(es) per "
+           f"mode (each with a fresh agent and audio service and {cfg.warmup} untimed warm-up question(s); "
+           "passes alternate the modes' order), played in real time as the audio service's microphone "
+           f"({cfg.gap_s:g} s of silence after each question), with every process on 127.0.0.1: "
            f"the LLM server{' at ' + cfg.llm_url if cfg.llm_url else ''}"
            f"{f' (`{result.llm_model}`)' if result.llm_model else ''}, {vision}, the agent "
            f"(temperature 0, {replies}) and the audio service (null speaker paced in real time; {cut})."
@@ -237,11 +253,11 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
            "whole reply, then synthesises all of it, then plays it (the original Watus plan).", ""]
     out += ["### Machine", "", _row("", ""), "|---|---|", *[_row(k, v) for k, v in result.machine.items()], ""]
     out += ["### Turns", "", _row("mode", "turns", "with e2e", "cut by the benchmark", "interrupted otherwise",
-                                  "failed", "e2e p50 ms", "e2e p95 ms", "e2e max ms"),
-            "|---|---|---|---|---|---|---|---|---|"]
+                                  "failed", "reply chars p50", "e2e p50 ms", "e2e p95 ms", "e2e max ms"),
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in stats.items():
         out.append(_row(m, str(s.turns), str(s.timed), str(s.cut), str(s.interrupted), str(s.failed),
-                        _p(s.e2e, "p50"), _p(s.e2e, "p95"), _p(s.e2e, "max")))
+                        _p(s.reply_chars, "p50"), _p(s.e2e, "p50"), _p(s.e2e, "p95"), _p(s.e2e, "max")))
     out += ["", "### Stages (ms after end of speech)", "", *_pair_header("stage", modes)]
     for stage, label in STAGE_LABELS.items():
         out.append(_row(label, *[_p(stats[m].stages.get(stage), q) for m in modes for q in ("p50", "p95")]))
@@ -257,12 +273,13 @@ def render_markdown(result: E2EResult, chart_link: str | None = None) -> str:
             "baseline \"first sentence\" is the whole reply and playback waits for the whole synthesis."]
     if result.telemetry:
         out += ["", "### Telemetry (while each mode's questions played)", "",
-                _row("mode", "source", "samples", "RAM used MB mean / max", "CPU % mean / max",
+                _row("mode", "run", "source", "samples", "RAM used MB mean / max", "CPU % mean / max",
                      "other processes CPU %", "GPU % mean / max", "power W mean / max"),
-                "|---|---|---|---|---|---|---|---|"]
-        for m, tel in result.telemetry.items():
-            out.append(_row(m, tel.source, str(tel.samples), _mm(tel.ram_used_mb), _mm(tel.cpu_percent),
-                            fmt(result.other_cpu_percent.get(m), 0), _mm(tel.gpu_percent),
+                "|---|---|---|---|---|---|---|---|---|"]
+        for t in result.telemetry:
+            tel = t.summary
+            out.append(_row(t.mode, str(t.run), tel.source, str(tel.samples), _mm(tel.ram_used_mb),
+                            _mm(tel.cpu_percent), fmt(t.other_cpu_percent, 0), _mm(tel.gpu_percent),
                             _mm(tel.power_mw.get("total"), 1e-3, 1)))
         out += ["", "Other processes' CPU is the machine's busy time minus this benchmark's process tree; above "
                 "10% the figures of that mode were measured on a busy machine and are noisy."]
@@ -299,7 +316,7 @@ def _jsonable(obj: Any) -> Any:
 
 def write_jsonl(path: Path, result: E2EResult) -> None:
     """A meta line, one line per turn (with its mode, stages from t0 and non-overlapping parts), then a
-    summary line per mode, its telemetry, and the goal checks."""
+    summary line per mode, a telemetry line per pass of a mode, and the goal checks."""
     modes = list(result.config.modes)
     lines: list[dict[str, Any]] = [{"type": "meta", "started": result.started, "config": asdict(result.config),
                                     "machine": result.machine, "llm_model": result.llm_model,
@@ -311,9 +328,10 @@ def write_jsonl(path: Path, result: E2EResult) -> None:
     for m, s in stats.items():
         lines.append({"type": "summary", "mode": m, "turns": s.turns, "timed": s.timed,
                       "interrupted": s.interrupted, "cut": s.cut, "failed": s.failed, "e2e_ms": s.e2e,
-                      "stages_ms": s.stages, "critical_ms": s.parts,
-                      "telemetry": result.telemetry[m].as_dict() if m in result.telemetry else None,
-                      "other_cpu_percent": result.other_cpu_percent.get(m)})
+                      "reply_chars": s.reply_chars,
+                      "stages_ms": s.stages, "critical_ms": s.parts})
+    lines += [{"type": "telemetry", "mode": t.mode, "run": t.run, "other_cpu_percent": t.other_cpu_percent,
+               **t.summary.as_dict()} for t in result.telemetry]
     lines += [{"type": "goal", **asdict(g)} for g in goal_checks(stats)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -337,9 +355,9 @@ _SEGMENT_LABELS = {
 
 
 def _turn_label(record: dict[str, Any], row: int, warmup: int) -> str:
-    # Numbered by place in the mode's sequence, so a turn left out (no e2e) shows as a gap in the numbers.
-    number = int(record["index"]) - warmup + 1 if "index" in record else row + 1
-    return f"{number}. {str(record.get('question') or record.get('transcript', ''))[:30]}"
+    # Run.place in the pass, so a turn left out (no e2e) shows as a gap in the numbers.
+    number = f"{record.get('run', 1)}.{int(record['index']) - warmup + 1}" if "index" in record else str(row + 1)
+    return f"{number} {str(record.get('question') or record.get('transcript', ''))[:30]}"
 
 
 def waterfall_chart(result: E2EResult, path: Path) -> Path:
