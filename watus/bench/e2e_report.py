@@ -11,7 +11,6 @@ comes from the audio service's own `end_silence` figure.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,9 @@ from typing import Any
 
 from watus.agent.turnlog import STAGES
 from watus.bench.llm_report import GoalCheck, goal_verdict
+from watus.bench.report import jsonable as _jsonable
+from watus.bench.report import mean_max as _mm
+from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, ratio_noise, summarize
 from watus.telemetry import TelemetrySummary
 
@@ -209,18 +211,10 @@ def goal_checks(stats: dict[str, ModeStats]) -> list[GoalCheck]:
 # --- Markdown ----------------------------------------------------------------------------------------------
 
 
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
 
 def _p(s: Summary | None, attr: str, digits: int = 0) -> str:
     return fmt(getattr(s, attr), digits) if s is not None else "–"
 
-
-def _mm(value: Any, scale: float = 1.0, digits: int = 0) -> str:
-    if value is None:
-        return "–"
-    return f"{fmt(value.mean * scale, digits)} / {fmt(value.max * scale, digits)}"
 
 
 def _pair_header(first: str, modes: list[str]) -> list[str]:
@@ -299,19 +293,6 @@ def chart_link(chart: Path, report: Path) -> str:
 
 # --- JSONL -------------------------------------------------------------------------------------------------
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Summary):
-        return obj.as_dict()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_jsonl(path: Path, result: E2EResult) -> None:

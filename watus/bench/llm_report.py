@@ -9,6 +9,10 @@ from typing import Any
 
 from watus.bench.llm_targets import TargetKind
 from watus.bench.llm_types import BenchResult, TargetResult
+from watus.bench.report import cell as _p
+from watus.bench.report import jsonable as _jsonable
+from watus.bench.report import mean_max as _mm
+from watus.bench.report import row as _row
 from watus.bench.stats import Summary, difference_noise, fmt, ratio_noise
 
 #: Goals of the LLM server (see the issue): decode vs in-process, vs llama.cpp's server, added TTFT.
@@ -105,19 +109,7 @@ def goal_checks(result: BenchResult) -> list[GoalCheck]:
     return checks
 
 
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-
-def _p(s: Summary | None, attr: str, digits: int = 1) -> str:
-    return fmt(getattr(s, attr), digits) if s is not None else "–"
-
-
-def _mm(value: Any, scale: float = 1.0, digits: int = 0) -> str:
-    """`mean / max` of a telemetry MeanMax."""
-    if value is None:
-        return "–"
-    return f"{fmt(value.mean * scale, digits)} / {fmt(value.max * scale, digits)}"
 
 
 def _targets_table(result: BenchResult) -> list[str]:
@@ -195,17 +187,6 @@ def render_markdown(result: BenchResult) -> str:
         out.append(_row(g.name, g.goal, g.figures, f"**{g.verdict}**"))
     return "\n".join(out) + "\n"
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Summary):
-        return obj.as_dict()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_jsonl(path: Path, result: BenchResult) -> None:

@@ -36,6 +36,8 @@ import httpx
 import numpy as np
 import typer
 
+from watus.bench.report import cell as _p
+from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, summarize
 
 log = logging.getLogger(__name__)
@@ -423,12 +425,6 @@ def goal_checks(result: SpeechBenchResult) -> list[GoalCheck]:
     return checks
 
 
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-
-def _p(s: Summary | None, attr: str, digits: int = 1) -> str:
-    return fmt(getattr(s, attr), digits) if s is not None else "–"
 
 
 def render_markdown(result: SpeechBenchResult) -> str:

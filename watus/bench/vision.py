@@ -37,6 +37,8 @@ import psutil
 import typer
 
 from watus.bench import machine_info, update_markdown_section
+from watus.bench.report import jsonable as _jsonable
+from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, percentile, summarize
 
 log = logging.getLogger(__name__)
@@ -447,17 +449,6 @@ def run_vision_bench(cfg: VisionBenchConfig, out_dir: Path, progress: ProgressFn
     return result
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Summary):
-        return obj.as_dict()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
 
 def write_jsonl(path: Path, result: VisionBenchResult) -> None:
     """A meta line, one line per detector frame and per service scene, then the summary with the goals."""
@@ -517,9 +508,6 @@ def goal_checks(result: VisionBenchResult) -> list[Goal]:
              if lat else "no samples", lat["p99"] <= GOAL_SCENE_P99_MS if lat else None, shaky),
     ]
 
-
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def _stage(s: Summary | None) -> str:
