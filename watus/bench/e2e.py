@@ -23,11 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +50,8 @@ from watus.bench.e2e_report import (
     waterfall_chart,
     write_jsonl,
 )
+from watus.bench.procs import free_port as _free_port
+from watus.bench.procs import service
 from watus.telemetry import TelemetrySampler
 
 log = logging.getLogger(__name__)
@@ -73,48 +71,7 @@ class E2EBenchError(RuntimeError):
 # --- processes ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-def _log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextlib.contextmanager
-def service(module: str, env: dict[str, str], url: str, log_path: Path, timeout_s: float) -> Iterator[None]:
-    """`python -m <module>` with `env` over this process's environment, healthy at `url` until the block ends."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + timeout_s
-            with httpx.Client(trust_env=False, timeout=2.0) as http:
-                while True:
-                    if proc.poll() is not None:
-                        raise E2EBenchError(f"{module} exited with code {proc.returncode} before it was healthy; "
-                                            f"log {log_path}:\n{_log_tail(log_path)}")
-                    with contextlib.suppress(httpx.HTTPError):
-                        if http.get(url + "/health").status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise E2EBenchError(f"{module} was not healthy within {timeout_s:.0f} s; log {log_path}")
-                    time.sleep(0.2)
-            log.info("%s ready at %s (log %s)", module, url, log_path)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10.0)
 
 
 def _vision_folder(source: Path, out_dir: Path) -> Path:
@@ -342,11 +299,11 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
     with ExitStack() as stack:
         ses.progress(f"{label}: starting agent + audio", 0, 1)
         stack.enter_context(service("watus", agent_env, agent_url, ses.out_dir / f"{name}-agent.log",
-                                    cfg.startup_timeout_s))
+                                    cfg.startup_timeout_s, E2EBenchError))
         # Entered before the audio service, so it leaves after it: the event stream has ended by then.
         cutter = stack.enter_context(PlaybackCutter(audio_url, cfg.playback_s, ses.llm_url))
         stack.enter_context(service("audio", audio_env, audio_url, ses.out_dir / f"{name}-audio.log",
-                                    cfg.startup_timeout_s))
+                                    cfg.startup_timeout_s, E2EBenchError))
         started = time.monotonic()
         ses.progress(f"{label}: starting agent + audio", 1, 1)
         if not _wait_connected(agent_url, started + cfg.lead_in_s * 0.75):
@@ -388,7 +345,7 @@ def _llm(cfg: E2EConfig, out_dir: Path, stamp: str, progress: ProgressFn) -> Ite
     url = f"http://127.0.0.1:{port}"
     progress("LLM server starting", 0, 1)
     env = {"WATUS_LLM_HOST": "127.0.0.1", "WATUS_LLM_PORT": str(port), "WATUS_LLM_API_KEY": ""}
-    with service("trt_server", env, url, out_dir / f"e2e-{stamp}-llm.log", cfg.startup_timeout_s):
+    with service("trt_server", env, url, out_dir / f"e2e-{stamp}-llm.log", cfg.startup_timeout_s, E2EBenchError):
         progress("LLM server starting", 1, 1)
         yield url
 
@@ -404,7 +361,7 @@ def _vision(cfg: E2EConfig, out_dir: Path, stamp: str, progress: ProgressFn) -> 
     env = {"WATUS_VISION_HOST": "127.0.0.1", "WATUS_VISION_PORT": str(port),
            "WATUS_VISION_SOURCE": str(_vision_folder(cfg.vision_source, out_dir)), "WATUS_VISION_LOOP": "true",
            "WATUS_VISION_SOURCE_FPS": str(cfg.vision_fps)}
-    with service("vision", env, url, out_dir / f"e2e-{stamp}-vision.log", cfg.startup_timeout_s):
+    with service("vision", env, url, out_dir / f"e2e-{stamp}-vision.log", cfg.startup_timeout_s, E2EBenchError):
         progress("vision starting", 1, 1)
         yield url
 

@@ -8,17 +8,14 @@ import contextlib
 import importlib.util
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from watus.bench.llm_types import BenchConfig, BenchError, StreamTiming, openai_chunk
+from watus.bench.procs import free_port as _free_port
+from watus.bench.procs import service
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +93,6 @@ def load_llamacpp(path: Path, cfg: BenchConfig, slots: int) -> Any:
         raise BenchError(f"llama.cpp could not load {path}: {e}") from e
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _parse_env(text: str) -> dict[str, str]:
     env: dict[str, str] = {}
@@ -111,12 +103,6 @@ def _parse_env(text: str) -> dict[str, str]:
         env[key.strip()] = value.strip()
     return env
 
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 @contextlib.contextmanager
@@ -138,35 +124,7 @@ def trt_server_process(settings: str, cfg: BenchConfig, log_dir: Path) -> Iterat
     env.update({"WATUS_LLM_HOST": "127.0.0.1", "WATUS_LLM_PORT": str(port),
                 "PYTHONPATH": os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))})
     api_key = env.get("WATUS_LLM_API_KEY") or None
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"trt_server-{port}.log"
     base_url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "trt_server"], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            _wait_healthy(proc, base_url, cfg.startup_timeout_s, log_path)
-            log.info("trt_server ready at %s (log %s)", base_url, log_path)
-            yield base_url, api_key
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10.0)
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=2.0) as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(f"trt_server exited with code {proc.returncode} before it was healthy; "
-                                 f"log {log_path}:\n{_log_tail(log_path)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if http.get("/health").status_code == 200:
-                    return
-            time.sleep(0.2)
-    raise BenchError(f"trt_server was not healthy within {timeout_s:.0f} s; log {log_path}:\n"
-                     f"{_log_tail(log_path)}")
+    with service("trt_server", env, base_url, log_path, cfg.startup_timeout_s, error=BenchError):
+        yield base_url, api_key

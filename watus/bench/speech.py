@@ -20,9 +20,6 @@ import json
 import logging
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +33,8 @@ import httpx
 import numpy as np
 import typer
 
+from watus.bench.procs import free_port as _free_port
+from watus.bench.procs import service
 from watus.bench.report import cell as _p
 from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, summarize
@@ -190,11 +189,6 @@ def bench_asr(cfg: SpeechBenchConfig, wavs: list[tuple[Path, str, float]], resul
 # --- the service: TTS over HTTP, end of speech → transcript over SSE ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @contextmanager
 def audio_service(env: dict[str, str], log_path: Path, timeout_s: float = 90.0) -> Iterator[str]:
@@ -202,30 +196,8 @@ def audio_service(env: dict[str, str], log_path: Path, timeout_s: float = 90.0) 
     port = _free_port()
     full = {**os.environ, **env, "WATUS_AUDIO_PORT": str(port), "WATUS_AUDIO_HOST": "127.0.0.1"}
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "audio"], env=full, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                    raise RuntimeError(f"audio service exited ({proc.returncode}): {' | '.join(tail)}")
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"audio service not healthy after {timeout_s:.0f} s")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with service("audio", full, url, log_path, timeout_s):
+        yield url
 
 
 def _collect_transcripts(url: str, expected: int, timeout_s: float) -> list[dict[str, Any]]:

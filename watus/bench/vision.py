@@ -22,8 +22,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +34,8 @@ import httpx
 import psutil
 import typer
 
-from watus.bench import machine_info, update_markdown_section
+from watus.bench import machine_info, procs, update_markdown_section
+from watus.bench.procs import free_port as _free_port
 from watus.bench.report import jsonable as _jsonable
 from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, percentile, summarize
@@ -231,11 +230,6 @@ def bench_detector(frames: list[Any], cfg: VisionBenchConfig,
                        other_cpu_percent=other.percent), info
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @contextlib.contextmanager
 def vision_process(video: Path, cfg: VisionBenchConfig, log_path: Path) -> Iterator[str]:
@@ -248,28 +242,8 @@ def vision_process(video: Path, cfg: VisionBenchConfig, log_path: Path) -> Itera
     if cfg.model is not None:
         env["WATUS_VISION_DETECTOR_MODEL"] = str(cfg.model)
     url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "vision"], env=env, stdout=logf, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + cfg.startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise RuntimeError(f"python -m vision exited ({proc.returncode}): " + " / ".join(tail))
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"python -m vision not healthy after {cfg.startup_timeout_s:.0f} s; see {log_path}")
-            time.sleep(0.2)
+    with procs.service("vision", env, url, log_path, cfg.startup_timeout_s):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class RawHttpClient:
