@@ -35,18 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def _schema_validator(engine: Engine) -> Callable[[dict[str, Any]], None]:
-    """A check that a JSON schema can become a grammar for this engine (ValueError if not)."""
-    if engine.capabilities.name != "llamacpp":
-        return check_json_schema
+    """A check that a JSON schema is valid and usable by this engine's guided decoding (ValueError if not)."""
 
     def check(schema: dict[str, Any]) -> None:
-        import xllamacpp
-
         check_json_schema(schema)
-        try:
-            xllamacpp.json_schema_to_grammar(schema)
-        except Exception as e:  # the binding raises plain exceptions for unsupported schemas
-            raise ValueError(str(e)) from e
+        engine.check_grammar(schema)
 
     return check
 

@@ -173,6 +173,14 @@ class LlamaCppEngine:
             "slots": self._settings.max_concurrent,
         }
 
+    def check_grammar(self, schema: dict[str, object]) -> None:
+        import xllamacpp
+
+        try:
+            xllamacpp.json_schema_to_grammar(schema)
+        except Exception as e:  # the binding raises plain exceptions for unsupported schemas
+            raise ValueError(str(e)) from e
+
     def _request(self, prompt_ids: list[int], params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "prompt": prompt_ids,

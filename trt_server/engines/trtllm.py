@@ -300,6 +300,9 @@ class TrtLlmEngine:
     def ready(self) -> bool:
         return self._llm is not None or self._runner is not None
 
+    def check_grammar(self, schema: dict[str, object]) -> None:
+        """xgrammar takes any valid JSON schema; the server has checked validity already."""
+
     def info(self) -> dict[str, object]:
         build = self._config.get("build_config") or {}
         pretrained = self._config.get("pretrained_config") or {}
