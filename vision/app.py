@@ -72,7 +72,7 @@ def build_faces(settings: VisionSettings) -> FaceAnalyzer | None:
                         min_face=settings.face_min_size)
 
 
-def _load_models(settings: VisionSettings) -> tuple[Detector, FaceAnalyzer | None]:
+def load_models(settings: VisionSettings) -> tuple[Detector, FaceAnalyzer | None]:
     """Load and warm every model (blocking: run in a worker thread)."""
     # ONNX Runtime's pool threads are made now and inherit this thread's niceness: inference then
     # yields the CPU to the event loop, which keeps GET /v1/scene fast on a small machine.
@@ -95,7 +95,7 @@ async def _load(app: FastAPI, settings: VisionSettings, factory: Callable[[], Fr
     loaded: Detector | None = None
     try:
         started = time.perf_counter()
-        detector, faces = await asyncio.to_thread(_load_models, settings)
+        detector, faces = await asyncio.to_thread(load_models, settings)
         loaded = detector
         metrics: VisionMetrics = app.state.metrics
         grabber = FrameGrabber(factory or source_factory(settings), loop=settings.loop, pace_fps=settings.source_fps,

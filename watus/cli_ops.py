@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.services import BY_NAME, SERVICES, Health, Managed, check_all
+from watus.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy
 
 console = Console()
 err = Console(stderr=True)
@@ -75,8 +75,6 @@ def up(
         err.print(f"[red]Unknown service(s): {', '.join(unknown)}[/red] (choose from {', '.join(BY_NAME)})")
         raise typer.Exit(2)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    from watus.services import healthy
-
     running = [n for n in names if healthy(BY_NAME[n].url())]
     for n in running:
         console.print(f"[yellow]{n} already answers at {BY_NAME[n].url()}: using it (not started or stopped "

@@ -53,13 +53,13 @@ async def _scene_from_image(image: Path, vision_url: str, max_age_ms: int) -> Sc
 
 
 def _analyze_locally(data: bytes, max_age_ms: int) -> SceneView:
-    from vision.app import _load_models
+    from vision.app import load_models
     from vision.images import decode_image
     from vision.pipeline import analyze_image
     from vision.settings import VisionSettings
 
     settings = VisionSettings()
-    detector, faces = _load_models(settings)
+    detector, faces = load_models(settings)
     scene = analyze_image(decode_image(data, settings.max_image_pixels), detector, faces)
     return view_of({**scene.model_dump(), "captured_ns": time.monotonic_ns()}, time.monotonic_ns(), max_age_ms)
 
