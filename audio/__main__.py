@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from audio.settings import AudioSettings, MicBackend, SpeakerBackend, TtsEngineKind, VadEngineKind
-from watus.logs import setup_logging
-from watus.serve import serve
+from watus.core.logs import setup_logging
+from watus.core.serve import serve
 
 log = logging.getLogger("audio")
 

@@ -23,13 +23,14 @@ from audio.devices.base import AudioSink
 from audio.errors import BodyLimit, NotReadyError, install_error_handlers
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
-from audio.protocol import SayRequest, SayResponse, SpeechRequest, StopResponse, event
+from audio.protocol import SayRequest, SayResponse, SpeechRequest, StopResponse
 from audio.runtime import AudioRuntime, Models, load_models
 from audio.serving import AudioState, check_text, resolve_voice, speech, transcribe_upload
 from audio.settings import AudioSettings
-from watus import metrics as m
-from watus.memwatch import SwapWatch
-from watus.timing import TURN_HEADER, clean_turn_id
+from watus.core import metrics as m
+from watus.core.memwatch import SwapWatch
+from watus.core.timing import TURN_HEADER, clean_turn_id
+from watus.core.wire.audio import StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,17 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
 
     @app.post("/v1/say", status_code=202)
     async def say(req: SayRequest, state: State, x_watus_turn: TurnHeader = None) -> JSONResponse:
-        text = check_text(req.text, state.settings.tts_max_chars, "text")
+        # An empty text is allowed only as the end-of-turn marker (`final`): the agent sends it when the
+        # last sentence of a reply already went out without knowing it was the last.
+        text = "" if req.final and not req.text.strip() else check_text(req.text, state.settings.tts_max_chars,
+                                                                          "text")
         voice = resolve_voice(state, req.voice)
         speaker = state.runtime.speaker
         assert speaker is not None
         turn = req.turn_id or clean_turn_id(x_watus_turn)
-        result: SayResponse = await speaker.say(text, voice, req.speed, turn, req.interrupt, req.final, req.sequential)
+        barge_in = state.settings.barge_in if req.barge_in is None else req.barge_in
+        result: SayResponse = await speaker.say(text, voice, req.speed, turn, req.interrupt, req.final, req.sequential,
+                                                barge_in=barge_in)
         return JSONResponse(result.model_dump(), status_code=202, headers={TURN_HEADER: result.turn_id})
 
     @app.post("/v1/stop")
@@ -159,7 +165,7 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
 
         async def stream() -> AsyncIterator[str]:
             with sub:
-                yield event("status", time.monotonic_ns(), None, **_health_body(request.app)).sse()
+                yield StatusEvent(t_ns=time.monotonic_ns(), **_health_body(request.app)).sse()
                 while not sub.ended:
                     ev = await sub.next(SSE_KEEPALIVE_S)
                     if ev is not None:

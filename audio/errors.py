@@ -1,4 +1,4 @@
-"""API errors of the audio service; the shared types and their HTTP mapping live in `watus.api_errors`.
+"""API errors of the audio service; the shared types and their HTTP mapping live in `watus.core.api_errors`.
 
 Engines and decoders raise their own specific exceptions (`AudioDecodeError`, `UnknownVoiceError`, ...);
 the routers turn them into one of the `APIError` types below, and the handlers installed by
@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from watus import api_errors
-from watus.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
+from watus.core import api_errors
+from watus.core.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
 
 __all__ = [
     "APIError",

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from audio.protocol import Event
+from watus.core.wire.audio import AudioEvent as Event
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +25,15 @@ class EventBus:
         self._queue_size = queue_size
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self._on_drop = on_drop
-        self._listeners: list[Callable[[Event], None]] = []
         self.closed = False
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def add_listener(self, fn: Callable[[Event], None]) -> None:
-        """An in-process observer called on the loop for every event (metrics, tests, logs)."""
-        self._listeners.append(fn)
-
     def publish(self, ev: Event) -> None:
         """Deliver `ev` to every subscriber; call on the event loop."""
         log.debug("event %s", ev.type)
-        for fn in self._listeners:
-            fn(ev)
         for q in self._subscribers:
             if q.full():
                 q.get_nowait()

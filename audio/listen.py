@@ -28,21 +28,22 @@ from audio.asr.runner import AsrRunner, Transcript
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
-from audio.protocol import event
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from audio.settings import AudioSettings
 from audio.vad import Vad
-from watus.timing import new_turn_id
+from watus.core.timing import new_turn_id
+from watus.core.wire.audio import SpeechEnded, SpeechStarted
+from watus.core.wire.audio import Transcript as TranscriptEvent
 
 log = logging.getLogger(__name__)
 
 
 class SpeakerState(Protocol):
-    """What the listener needs of the speaker: is the robot talking, and stop it (barge-in)."""
+    """What the listener needs of the speaker: is the robot talking, and the speaker's own barge-in."""
 
     def talking(self, tail_ms: float = 0.0) -> bool: ...
 
-    def interrupt(self, reason: str) -> bool: ...
+    def interrupt_on_speech(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,13 @@ class Listener:
         if isinstance(ev, SpeechStart):
             self._speech_start_ns = now
             talking = self._speaker is not None and self._speaker.talking()
-            self._barge_in = bool(talking and self._settings.barge_in and self._speaker is not None
-                                  and self._speaker.interrupt("barge_in"))
-            self._bus.publish_threadsafe(event("speech_started", now, audio_s=round(ev.start / ASR_RATE, 3),
-                                               captured_ns=self._at(ev.start), barge_in=self._barge_in))
+            # A fact for the agent (who decides barge-in); the speaker stops by itself only if the say
+            # request playing asked for that (direct callers of /v1/say).
+            stopped = bool(talking and self._speaker is not None and self._speaker.interrupt_on_speech())
+            self._barge_in = talking
+            self._bus.publish_threadsafe(SpeechStarted(t_ns=now, audio_s=round(ev.start / ASR_RATE, 3),
+                                                       captured_ns=self._at(ev.start), during_playback=talking,
+                                                       barge_in=stopped))
         elif isinstance(ev, Pause):
             # Only where time is real: a file read as fast as possible reaches the end at once anyway.
             if self.realtime and self._settings.asr_speculative:
@@ -203,8 +207,8 @@ class Listener:
         elif isinstance(ev, Dropped):
             self._cancel_speculation()
             self._metrics.utterances.labels("too_short").inc()
-            self._bus.publish_threadsafe(event("speech_ended", now, audio_s=round(ev.end / ASR_RATE, 3),
-                                               dropped=ev.reason))
+            self._bus.publish_threadsafe(SpeechEnded(t_ns=now, audio_s=round(ev.end / ASR_RATE, 3),
+                                                     dropped=ev.reason))
         elif isinstance(ev, SpeechEnd):
             self._end_of_speech(ev, now)
 
@@ -222,9 +226,10 @@ class Listener:
         turn = new_turn_id()
         self._metrics.utterances.labels(ev.reason).inc()
         speech_ms = (ev.end - ev.start) * 1000 / ASR_RATE
-        self._bus.publish_threadsafe(event(
-            "speech_ended", t0, turn, audio_s=round(ev.end / ASR_RATE, 3), speech_ms=round(speech_ms, 1),
-            reason=ev.reason, captured_ns=self._at(ev.end)))
+        end_captured = self._at(ev.end)
+        self._bus.publish_threadsafe(SpeechEnded(
+            t_ns=t0, turn_id=turn, audio_s=round(ev.end / ASR_RATE, 3), speech_ms=round(speech_ms, 1),
+            reason=ev.reason, captured_ns=end_captured))
         spec, self._spec = self._spec, None
         if spec is not None and spec.end == ev.end and not spec.future.cancelled():
             future, speculative = spec.future, True
@@ -253,10 +258,10 @@ class Listener:
                       "eos_to_transcript": round(eos_ms, 1)}
             log.info("turn %s: %r (%.0f ms after end of speech%s)", turn, t.text, eos_ms,
                      ", speculative" if speculative else "")
-            self._bus.publish_threadsafe(event(
-                "transcript", now, turn, text=t.text, language=t.language,
+            self._bus.publish_threadsafe(TranscriptEvent(
+                t_ns=now, turn_id=turn, text=t.text, language=t.language,
                 language_probability=round(t.language_probability, 3), t0_ns=t0, speech_started_ns=speech_start_ns,
-                audio_start_s=round(start_s, 3), audio_end_s=round(end_s, 3), stages_ms=stages,
-                speculative=speculative, rtf=round(t.rtf, 4), barge_in=barge_in))
+                speech_end_captured_ns=end_captured, audio_start_s=round(start_s, 3), audio_end_s=round(end_s, 3),
+                stages_ms=stages, speculative=speculative, rtf=round(t.rtf, 4), barge_in=barge_in))
 
         future.add_done_callback(done)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the audio process, on the app's own registry (see `watus.metrics`).
+"""Prometheus metrics of the audio process, on the app's own registry (see `watus.core.metrics`).
 
 The figures of the issue's benchmark are all here, so the robot can be watched with the same
 definitions: ASR latency and real-time factor, TTS time to first audio and real-time factor, end of
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from watus import metrics as m
+from watus.core import metrics as m
 
 #: Real-time factor (processing time / audio duration): 0.01 (100× real time) to 3 (too slow).
 RTF_BUCKETS = (0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

@@ -6,7 +6,7 @@ The service would join it on first use too (it is cheap: two file reads); doing 
 
 from __future__ import annotations
 
-from watus.modelstore import SetupStep, StepContext
+from watus.core.modelstore import SetupStep, StepContext
 
 
 def setup_steps() -> list[SetupStep]:

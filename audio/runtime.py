@@ -22,12 +22,12 @@ from audio.devices.supervisor import MicSupervisor
 from audio.events import EventBus
 from audio.listen import Listener
 from audio.metrics import AudioMetrics
-from audio.protocol import event
 from audio.settings import AudioSettings
 from audio.speak import SpeakQueue
 from audio.tts import Voices, select_tts
 from audio.tts.runner import TtsRunner
 from audio.vad import select_vad
+from watus.core.wire.audio import MicEvent
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class AudioRuntime:
     def _mic_failed(self) -> None:
         self.metrics.mic_restarts.inc()
         if self.mic is not None:
-            self.bus.publish(event("mic", time.monotonic_ns(), None, **self.mic.state.as_dict()))
+            self.bus.publish(MicEvent(t_ns=time.monotonic_ns(), **self.mic.state.as_dict()))
 
     async def close(self) -> None:
         if self.mic is not None:

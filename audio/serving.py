@@ -39,9 +39,9 @@ from audio.protocol import (
 )
 from audio.runtime import AudioRuntime, Models, asr_options
 from audio.settings import AudioSettings
-from audio.text import speakable_pieces
 from audio.tts import VoiceRef
 from audio.tts.base import VoiceNotFoundError
+from watus.core.sentences import speakable_pieces
 
 log = logging.getLogger(__name__)
 

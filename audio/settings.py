@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from watus.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, WatusSettings
 
 
 def default_cache_dir() -> Path:
@@ -147,8 +147,9 @@ class AudioSettings(WatusSettings):
     # --- echo and barge-in ------------------------------------------------------------------------------
     half_duplex: bool = Field(True, description="While the robot talks, ignore the microphone unless "
                               "speech passes the barge-in gates (so it does not transcribe itself).")
-    barge_in: bool = Field(True, description="Speech while the robot talks stops playback and emits "
-                           "`interrupted`.")
+    barge_in: bool = Field(True, description="Listen for speech while the robot talks (a `speech_started` "
+                           "event with `during_playback`); for a `say` request that does not choose, such speech "
+                           "also stops playback (`interrupted`). The agent chooses, and stops playback itself.")
     barge_in_threshold: float = Field(0.8, gt=0, lt=1, description="Half duplex: speech probability "
                                       "needed while the robot talks.")
     barge_in_min_dbfs: float = Field(-30.0, ge=-100, le=0, description="Half duplex: frame level (RMS dBFS) "

@@ -9,6 +9,8 @@ before an interruption stale at once, wherever it is (waiting, synthesising, or 
 
 Events: `playback_started` (first block of a turn handed to the device), `playback_finished` (the
 speaker went idle after that turn's audio played), `interrupted` (played ms, and how long stopping took).
+The speaker obeys; it does not decide what a turn is. It stops by itself on speech only when the `say`
+request playing asked it to (`barge_in`); the agent asks it not to, and sends `stop` when it decides.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from audio.errors import QueueFullError
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
 from audio.pcm import F32, resample, to_float32
-from audio.protocol import SayResponse, StopResponse, event
-from audio.text import speakable_pieces
+from audio.protocol import SayResponse, StopResponse
 from audio.tts import VoiceRef
 from audio.tts.runner import Chunk, TtsRunner
-from watus.timing import new_turn_id
+from watus.core.sentences import speakable_pieces
+from watus.core.timing import new_turn_id
+from watus.core.wire.audio import Interrupted, PlaybackFinished, PlaybackStarted, TtsAudio
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class _Job:
     received_ns: int
     final: bool = False
     sequential: bool = False
+    barge_in: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class SpeakQueue:
         self._final_turns: set[str] = set()  # turns whose last text (`final`) has played
         self._played_samples = 0
         self._interrupt_req: tuple[str, int] | None = None
+        self._barge_in = True  # of the latest say request: stop by itself when speech starts
         self._last_audio_end = 0.0
         self._thread: threading.Thread | None = None
         self._synth_task: asyncio.Task[None] | None = None
@@ -135,7 +140,8 @@ class SpeakQueue:
     # --- commands (event loop) -------------------------------------------------------------------------
 
     async def say(self, text: str, voice: VoiceRef, speed: float = 1.0, turn_id: str | None = None,
-                  interrupt: bool = False, final: bool = False, sequential: bool = False) -> SayResponse:
+                  interrupt: bool = False, final: bool = False, sequential: bool = False,
+                  barge_in: bool = True) -> SayResponse:
         received = time.monotonic_ns()
         if interrupt:
             self.interrupt("replaced")
@@ -147,8 +153,9 @@ class SpeakQueue:
                                  headers={"Retry-After": "1"})
         turn = turn_id or new_turn_id()
         with self._lock:
-            job = _Job(self._gen, turn, pieces, voice, speed, received, final, sequential)
+            job = _Job(self._gen, turn, pieces, voice, speed, received, final, sequential, barge_in)
             self._outstanding += 1
+            self._barge_in = barge_in
         self._set_pieces(len(pieces))
         self._jobs.put_nowait(job)
         return SayResponse(turn_id=turn, sentences=len(pieces), queue_depth=self._pieces)
@@ -157,6 +164,10 @@ class SpeakQueue:
         cleared = self._pieces
         stopped = self.interrupt("stop")
         return StopResponse(stopped=stopped, cleared=cleared)
+
+    def interrupt_on_speech(self) -> bool:
+        """Speech started (listener thread): stop if talking and the say request allowed it. True if stopped."""
+        return self._barge_in and self.talking() and self.interrupt("barge_in")
 
     def interrupt(self, reason: str) -> bool:
         """Stop playback within one block and drop everything queued; thread-safe. False if idle."""
@@ -174,8 +185,7 @@ class SpeakQueue:
         self._metrics.interruptions.labels(reason).inc()
         self._play.put(_WAKE)
         if not playing:  # only synthesis was under way: nothing to silence
-            self._bus.publish_threadsafe(event("interrupted", now, None, reason=reason, played_ms=0.0,
-                                               stop_ms=0.0))
+            self._bus.publish_threadsafe(Interrupted(t_ns=now, reason=reason))
         return True
 
     # --- synthesis task (event loop → TTS worker) ----------------------------------------------------------
@@ -215,8 +225,8 @@ class SpeakQueue:
                 now = time.monotonic_ns()
                 self._metrics.tts_first_audio.labels("speaker").observe((now - job.received_ns) / 1e9)
                 # The agent's turn trace records when the first audio of a turn exists (before playback).
-                self._bus.publish_threadsafe(event("tts_audio", now, job.turn_id,
-                                                   first_audio_ms=round((now - job.received_ns) / 1e6, 1)))
+                self._bus.publish_threadsafe(TtsAudio(t_ns=now, turn_id=job.turn_id,
+                                                      first_audio_ms=round((now - job.received_ns) / 1e6, 1)))
             pcm = resample(to_float32(chunk.pcm), chunk.sample_rate, rate)
             item = _Audio(job.gen, job.turn_id, pcm, False, job.received_ns, first)
             if job.sequential:
@@ -256,8 +266,8 @@ class SpeakQueue:
             start_ns = self._sink.write(pcm[i:i + self._block], item.turn_id)
             if self._active_turn is None:
                 self._active_turn, self._played_samples = item.turn_id, 0
-                self._bus.publish_threadsafe(event("playback_started", start_ns, item.turn_id,
-                                                   first_audio_ms=round((start_ns - item.received_ns) / 1e6, 1)))
+                self._bus.publish_threadsafe(PlaybackStarted(
+                    t_ns=start_ns, turn_id=item.turn_id, first_audio_ms=round((start_ns - item.received_ns) / 1e6, 1)))
             if i == 0 and item.first_of_job:
                 self._metrics.playback_first_audio.observe((start_ns - item.received_ns) / 1e9)
             self._played_samples += min(self._block, len(pcm) - i)
@@ -267,6 +277,12 @@ class SpeakQueue:
                     self._outstanding = max(0, self._outstanding - 1)
                     if item.final:
                         self._final_turns.add(item.turn_id)
+            if item.final and self._active_turn != item.turn_id and item.gen == self._gen:
+                # The end-of-turn marker of a turn whose audio already played out (the speaker went idle
+                # before the caller knew it had sent the last sentence): the turn is over now.
+                self._final_turns.discard(item.turn_id)
+                self._bus.publish_threadsafe(PlaybackFinished(t_ns=time.monotonic_ns(), turn_id=item.turn_id,
+                                                              played_ms=0.0, final=True))
         elif len(pcm):
             self._set_pieces(-1)
         self._maybe_finished()
@@ -283,8 +299,8 @@ class SpeakQueue:
         turn, played = self._active_turn, self._played_samples * 1000 / self._sink.sample_rate
         self._active_turn = None
         self._last_audio_end = time.monotonic()
-        self._bus.publish_threadsafe(event("interrupted", now, turn, reason=reason, played_ms=round(played, 1),
-                                           stop_ms=round((now - requested) / 1e6, 1), requested_ns=requested))
+        self._bus.publish_threadsafe(Interrupted(t_ns=now, turn_id=turn, reason=reason, played_ms=round(played, 1),
+                                                 stop_ms=round((now - requested) / 1e6, 1), requested_ns=requested))
         log.info("playback of turn %s interrupted (%s) after %.0f ms", turn, reason, played)
         return True
 
@@ -307,5 +323,5 @@ class SpeakQueue:
         self._last_audio_end = time.monotonic()
         final = turn in self._final_turns
         self._final_turns.discard(turn or "")
-        self._bus.publish_threadsafe(event("playback_finished", time.monotonic_ns(), turn,
-                                           played_ms=round(played, 1), final=final))
+        self._bus.publish_threadsafe(PlaybackFinished(t_ns=time.monotonic_ns(), turn_id=turn,
+                                                      played_ms=round(played, 1), final=final))

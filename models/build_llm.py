@@ -434,7 +434,7 @@ def cuda_version() -> str | None:
 
 
 def _memory_warning(recipe: Recipe) -> str | None:
-    from watus.memwatch import read_meminfo
+    from watus.core.memwatch import read_meminfo
 
     info, _ = read_meminfo()
     if info is None or info.available_mb >= recipe.build_memory_gb * 1024:

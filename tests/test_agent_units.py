@@ -15,9 +15,9 @@ from pydantic_ai.models.test import TestModel
 
 from watus.agent.brain import Session, TurnDeps, build_agent, persona, stream_reply, user_prompt
 from watus.agent.scene import SceneView, count_label, describe_person, summarize, view_of
-from watus.agent.sentences import SentenceCutter
 from watus.agent.settings import AgentSettings, Language
 from watus.agent.turnlog import TurnLog, TurnRecord
+from watus.core.sentences import SentenceCutter
 
 
 def _cut(text: str, step: int = 1, max_chars: int = 160) -> list[str]:

@@ -1,4 +1,5 @@
-"""The shared error handlers (`watus.api_errors`) through a tiny FastAPI app, and each service's settings of them."""
+"""The shared error handlers (`watus.core.api_errors`) through a tiny FastAPI app, and each service's
+settings of them."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from starlette.exceptions import HTTPException
 import audio.errors
 import trt_server.errors
 import vision.errors
-from watus import api_errors
-from watus.api_errors import APIError, NotReadyError, install_error_handlers
+from watus.core import api_errors
+from watus.core.api_errors import APIError, NotReadyError, install_error_handlers
 
 
 class Message(BaseModel):

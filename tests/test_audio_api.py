@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 
 from tests.helpers import ROOT, free_port, run_service, wait_healthy
-from watus.timing import TURN_HEADER
+from watus.core.timing import TURN_HEADER
 
 MAX_UPLOAD = 2 * 2**20
 SENTENCES = [

@@ -27,7 +27,7 @@ from audio.pcm import ASR_RATE, F32, resample, to_float32
 from audio.protocol import Event
 from audio.runtime import AudioRuntime, Models, load_models
 from audio.settings import AudioSettings
-from watus import metrics as m
+from watus.core import metrics as m
 
 LONG_REPLY = ("Let me tell you a long story about the robot that lived in the kitchen. It watched the people, "
               "it listened to them, and it answered every question they had. Every morning it said hello.")

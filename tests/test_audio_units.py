@@ -18,7 +18,7 @@ from audio.pcm import AudioDecodeError, decode_upload, wav_bytes, wav_header
 from audio.protocol import event
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from audio.settings import AudioSettings
-from audio.text import speakable_pieces, split_first_clause, split_sentences
+from watus.core.sentences import speakable_pieces, split_first_clause, split_sentences
 
 FRAME = 512
 RATE = 16_000

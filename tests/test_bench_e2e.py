@@ -31,7 +31,7 @@ from watus.bench.e2e_report import (
     waterfall_chart,
     write_jsonl,
 )
-from watus.telemetry import MeanMax, TelemetrySummary
+from watus.core.telemetry import MeanMax, TelemetrySummary
 
 MS = 1_000_000  # ns
 

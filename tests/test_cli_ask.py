@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -26,8 +27,17 @@ def test_ask_from_text_writes_the_spoken_reply(llm_url: str, tmp_path: Path) -> 
     assert "transcript: What is the capital of France?" in r.stdout
     reply = next(line for line in r.stdout.splitlines() if line.startswith("reply:"))
     assert len(reply) > len("reply: ")
-    for stage in ("ASR done", "scene fetched", "LLM first token", "first sentence complete", "TTS first audio"):
-        assert stage in r.stdout, stage
+    # The turn log's stage names, each in ms after the end of speech, in the order they happen.
+    at = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│") if c.strip()]
+        if len(cells) >= 2 and cells[0] in ("asr_done", "scene_fetched", "llm_first_token", "first_sentence",
+                                            "tts_first_audio", "playback_start", "e2e"):
+            at[cells[0]] = float(cells[1])
+    stages = ["asr_done", "scene_fetched", "llm_first_token", "first_sentence", "tts_first_audio", "playback_start"]
+    assert list(at) == [*stages, "e2e"], r.stdout
+    assert all(at[a] <= at[b] for a, b in itertools.pairwise(stages)), at
+    assert at["e2e"] == at["playback_start"] > 0
     assert "Camera: unavailable" in r.stdout  # no vision service: said plainly
     audio, rate = sf.read(out)
     assert rate == 22050 and len(audio) / rate > 0.3

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.helpers import ROOT, free_port, wait_healthy
-from watus import sdnotify
-from watus.settings_catalog import env_file
+from watus.cli.settings_catalog import env_file
+from watus.core import sdnotify
 
 INSTALL = ROOT / "deploy" / "install.sh"
 UNITS = ["watus-llm.service", "watus-vision.service", "watus-audio.service", "watus-agent.service", "watus.target"]
@@ -98,7 +98,7 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 
 def test_readme_reference_lists_every_setting() -> None:
-    from watus.readme import with_reference
+    from watus.cli.readme import with_reference
 
     readme = (ROOT / "README.md").read_text()
     assert readme == with_reference(readme), "regenerate with: watus config --readme README.md"

@@ -1,4 +1,4 @@
-"""watus/memwatch.py: /proc/meminfo parsing, thresholds, swap kind and rate, logging once per change.
+"""watus/core/memwatch.py: /proc/meminfo parsing, thresholds, swap kind and rate, logging once per change.
 
 The texts are what a Jetson AGX Orin 64 GB (zram swap, JetPack 6) and an Orin Nano 8 GB print; the
 last tests read this machine's real /proc files and the psutil fallback.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from watus.memwatch import (
+from watus.core.memwatch import (
     LOW_MEMORY,
     SWAP_IN_USE,
     SwapWatch,
@@ -89,7 +89,7 @@ def test_check_returns_the_health_dict_with_rates() -> None:
 
 def test_logs_once_per_state_change(caplog: pytest.LogCaptureFixture) -> None:
     watch = SwapWatch(name="llm")
-    with caplog.at_level(logging.INFO, logger="watus.memwatch"):
+    with caplog.at_level(logging.INFO, logger="watus.core.memwatch"):
         watch.check(ORIN_64)  # a healthy start says nothing
         assert caplog.records == []
         watch.check(NANO_8)

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from trt_server.settings import EngineKind, LLMSettings
-from watus import metrics as m
-from watus.config import settings_reference
-from watus.logs import setup_logging
-from watus.timing import TURN_HEADER, SpanRecorder, clean_turn_id, new_turn_id
+from watus.core import metrics as m
+from watus.core.config import settings_reference
+from watus.core.logs import setup_logging
+from watus.core.timing import TURN_HEADER, SpanRecorder, clean_turn_id, new_turn_id
 
 
 def test_settings_read_env_with_prefix_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:

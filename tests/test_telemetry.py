@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from watus import telemetry
-from watus.telemetry import PowerRail, TelemetrySampler, parse_tegrastats, summarize_samples
+from watus.core import telemetry
+from watus.core.telemetry import PowerRail, TelemetrySampler, parse_tegrastats, summarize_samples
 
 # AGX Orin, JetPack 6 (L4T r36): GPU load per GPC, sensors that are off at -256C.
 ORIN_JP6 = (

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from trt_server.app import create_app
 from trt_server.engines.base import EngineError
 from trt_server.settings import EngineKind, LLMSettings
-from watus.logs import setup_logging
-from watus.serve import serve
+from watus.core.logs import setup_logging
+from watus.core.serve import serve
 
 log = logging.getLogger("trt_server")
 

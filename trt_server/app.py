@@ -27,9 +27,9 @@ from trt_server.schemas import check_json_schema
 from trt_server.serving import ServerState, chat_completion, completion
 from trt_server.settings import LLMSettings
 from trt_server.templating import ChatTemplate
-from watus import metrics as m
-from watus.memwatch import SwapWatch
-from watus.timing import TURN_HEADER, clean_turn_id
+from watus.core import metrics as m
+from watus.core.memwatch import SwapWatch
+from watus.core.timing import TURN_HEADER, clean_turn_id
 
 log = logging.getLogger(__name__)
 

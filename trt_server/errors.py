@@ -1,4 +1,4 @@
-"""API errors of the LLM server; the shared types and their HTTP mapping live in `watus.api_errors`.
+"""API errors of the LLM server; the shared types and their HTTP mapping live in `watus.core.api_errors`.
 
 Every failure a client can cause is one of these types, raised anywhere below the routers and turned
 into `{"error": {"message", "type", "param", "code"}}` with the right status by the handlers
@@ -11,8 +11,8 @@ import logging
 
 from fastapi import FastAPI
 
-from watus import api_errors
-from watus.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
+from watus.core import api_errors
+from watus.core.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
 
 __all__ = [
     "APIError",

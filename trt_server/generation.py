@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from trt_server.engines.base import Engine, EngineError, SamplingParams
 from trt_server.errors import InternalEngineError, OverloadedError
 from trt_server.textstream import IncrementalDetokenizer, StopMatcher
-from watus import metrics as m
+from watus.core import metrics as m
 
 log = logging.getLogger(__name__)
 

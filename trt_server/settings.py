@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from watus.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, WatusSettings
 
 
 class EngineKind(str, enum.Enum):

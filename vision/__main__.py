@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from vision.app import create_app
 from vision.settings import VisionSettings
-from watus.logs import setup_logging
-from watus.serve import serve
+from watus.core.logs import setup_logging
+from watus.core.serve import serve
 
 log = logging.getLogger("vision")
 

@@ -41,8 +41,8 @@ from vision.pipeline import Pipeline, PipelineConfig, Published, SceneBoard, ana
 from vision.protocol import Health, Scene, SourceHealth
 from vision.settings import VisionSettings
 from vision.sources import FrameGrabber, FrameSource, lower_priority, source_factory
-from watus import metrics as m
-from watus.memwatch import SwapWatch
+from watus.core import metrics as m
+from watus.core.memwatch import SwapWatch
 
 log = logging.getLogger(__name__)
 

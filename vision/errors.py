@@ -1,4 +1,4 @@
-"""Errors of the vision service; the shared API types and their HTTP mapping live in `watus.api_errors`.
+"""Errors of the vision service; the shared API types and their HTTP mapping live in `watus.core.api_errors`.
 
 Engine-layer failures (a missing model, an undecodable image) are specific exception types raised
 below the routers; `install_error_handlers` turns each into `{"error": {"message", "type", "param",
@@ -11,8 +11,8 @@ import logging
 
 from fastapi import FastAPI
 
-from watus import api_errors
-from watus.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
+from watus.core import api_errors
+from watus.core.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
 
 __all__ = [
     "APIError",

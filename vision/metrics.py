@@ -1,10 +1,10 @@
-"""Prometheus series of the vision service, on the app's own registry (see `watus.metrics`)."""
+"""Prometheus series of the vision service, on the app's own registry (see `watus.core.metrics`)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from watus import metrics as m
+from watus.core import metrics as m
 
 STAGES = ("capture_wait", "preprocess", "inference", "postprocess", "tracking", "faces", "total")
 

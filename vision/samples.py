@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vision.modelsetup import SAMPLE_IMAGES
-from watus.modelstore import cache_dir
+from watus.core.modelstore import cache_dir
 
 SAMPLES = {Path(rel).name: rel for rel in SAMPLE_IMAGES}
 

@@ -16,8 +16,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from vision import modelsetup
-from watus.config import DEFAULT_PORTS, WatusSettings
-from watus.modelstore import cache_dir
+from watus.core.config import DEFAULT_PORTS, WatusSettings
+from watus.core.modelstore import cache_dir
 
 
 class SourceKind(str, enum.Enum):

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from watus.agent.app import create_app
 from watus.agent.settings import AgentSettings
-from watus.logs import setup_logging
-from watus.serve import serve
+from watus.core.logs import setup_logging
+from watus.core.serve import serve
 
 
 def main(argv: list[str] | None = None) -> int:

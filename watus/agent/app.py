@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -20,15 +20,16 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from watus import metrics as m
 from watus.agent.audio_client import AudioClient
 from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
 from watus.agent.scene import VisionClient
 from watus.agent.settings import AgentSettings
 from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
 from watus.agent.voice import VoiceLoop
-from watus.memwatch import SwapWatch
-from watus.timing import new_turn_id
+from watus.core import metrics as m
+from watus.core.memwatch import SwapWatch
+from watus.core.timing import new_turn_id
+from watus.core.wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class AgentMetrics:
         self.stage = m.latency_histogram("watus_turn_stage_seconds", "Each stage after end of speech.",
                                          self.registry, ("stage",))
         self.turns = m.counter("watus_turns", "Finished turns.", self.registry, ("outcome",))
+        self.invalid = m.counter("watus_wire_invalid", "Messages from another process that did not match their "
+                                 "contract (skipped, never defaulted).", self.registry, ("source", "type"))
+
+    def invalid_from(self, source: str) -> Callable[[WireError], None]:
+        return lambda e: self.invalid.labels(source, e.kind).inc()
 
     def observe(self, rec: TurnRecord) -> None:
         outcome = "error" if rec.error else "interrupted" if rec.interrupted else "ok"
@@ -64,8 +70,10 @@ class AgentState:
         self.settings = settings
         self.metrics = AgentMetrics()
         self.memwatch = SwapWatch(name="agent")
-        self.vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
-        self.audio = AudioClient(settings.audio_url, settings.service_timeout_s)
+        self.vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms,
+                                   on_invalid=self.metrics.invalid_from("vision"))
+        self.audio = AudioClient(settings.audio_url, settings.service_timeout_s,
+                                 on_invalid=self.metrics.invalid_from("audio"))
         self.agent = build_agent(settings)
         self.session = Session(new_turn_id(), settings.memory_turns)
         self.turn_log = TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups)
@@ -154,7 +162,7 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
         deltas = stream_reply(state.agent, state.session, req.text, deps, state.settings.max_reply_chars)
         if req.stream:
             async def body() -> AsyncIterator[bytes]:
-                async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                async with contextlib.aclosing(deltas):
                     async for d in deltas:
                         yield d.encode()
             return StreamingResponse(body(), media_type="text/plain; charset=utf-8")

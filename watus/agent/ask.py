@@ -1,10 +1,13 @@
 """`watus ask`: one spoken turn offline, from a WAV file to a WAV file, with its latency breakdown.
 
-The same stages as a live turn, in one process (except the LLM server, which it starts if none runs):
+The same turn as the voice loop, in one process (except the LLM server, which it starts if none runs):
 faster-whisper transcribes the file, the scene comes from `--image` (through a running vision service's
-`/v1/detect`, or the vision models in-process) or from the running vision service, the agent streams
-its reply, and each sentence is synthesised by piper as soon as the cutter releases it, so the first
-audio exists long before the reply is complete — that moment is what a user would hear first.
+`/v1/detect`, or the vision models in-process) or from the running vision service, and the reply goes
+through the voice loop's own code (`watus.agent.turns.speak_reply`): each sentence is synthesised by
+piper as soon as the cutter releases it. The stages are stamped on a `TurnRecord` on the same monotonic
+clock and with the same names as the turn log; end of speech is the end of the recording (there is no
+VAD tail offline: transcription starts at once), and the first synthesised audio is `playback_start`,
+the moment a speaker would have started — so `e2e_ms` means what it means in the turn log.
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
-from watus.agent.scene import SceneView, VisionClient, summarize, view_of
-from watus.agent.sentences import SentenceCutter
+from watus.agent.brain import Session, TurnDeps, build_agent, scene_json
+from watus.agent.scene import SceneView, VisionClient, parse_scene, summarize, view_of
 from watus.agent.settings import AgentSettings
-from watus.timing import new_turn_id
+from watus.agent.turnlog import STAGES, TurnRecord
+from watus.agent.turns import speak_reply
+from watus.core.timing import new_turn_id
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class AskResult:
     scene: str
     sample_rate: int
     audio: np.ndarray
-    ms: dict[str, float] = field(default_factory=dict)
+    record: TurnRecord
 
 
 async def _scene_from_image(image: Path, vision_url: str, max_age_ms: int) -> SceneView:
@@ -45,7 +49,8 @@ async def _scene_from_image(image: Path, vision_url: str, max_age_ms: int) -> Sc
             r = await http.post(vision_url.rstrip("/") + "/v1/detect", content=data,
                                 headers={"content-type": "application/octet-stream"})
         if r.status_code == 200:
-            return view_of({**r.json(), "captured_ns": time.monotonic_ns()}, time.monotonic_ns(), max_age_ms)
+            scene = parse_scene(r.content).model_copy(update={"captured_ns": time.monotonic_ns()})
+            return view_of(scene, time.monotonic_ns(), max_age_ms)
         log.info("vision service refused the image (%s); analysing it here", r.status_code)
     except httpx.HTTPError:
         log.info("no vision service at %s; analysing the image here", vision_url)
@@ -61,7 +66,7 @@ def _analyze_locally(data: bytes, max_age_ms: int) -> SceneView:
     settings = VisionSettings()
     detector, faces = load_models(settings)
     scene = analyze_image(decode_image(data, settings.max_image_pixels), detector, faces)
-    return view_of({**scene.model_dump(), "captured_ns": time.monotonic_ns()}, time.monotonic_ns(), max_age_ms)
+    return view_of(scene.model_copy(update={"captured_ns": time.monotonic_ns()}), time.monotonic_ns(), max_age_ms)
 
 
 async def ask(wav: Path | None, text: str | None, image: Path | None, settings: AgentSettings) -> AskResult:
@@ -81,28 +86,23 @@ async def ask(wav: Path | None, text: str | None, image: Path | None, settings: 
             assert wav is not None
             raw = await asyncio.to_thread(wav.read_bytes)
             question = (await asyncio.to_thread(decode_upload, raw)).samples
-        ms: dict[str, float] = {}
-        t0 = time.perf_counter()
-
-        def mark(name: str) -> None:
-            ms.setdefault(name, round((time.perf_counter() - t0) * 1000, 1))
-
+        session = Session(new_turn_id(), settings.memory_turns)
+        rec = TurnRecord(turn_id=new_turn_id(), session_id=session.id, transcript="", mode="ask")
+        rec.speech_end_captured_ns = time.monotonic_ns()
+        rec.mark("speech_end", rec.speech_end_captured_ns)
         transcript = await models.asr.transcribe(question, asr_options(audio_settings), source="ask")
-        mark("asr_done")
+        rec.mark("asr_done", time.monotonic_ns())
+        rec.transcript, rec.language = transcript.text.strip(), transcript.language
         if image is not None:
             view = await _scene_from_image(image, settings.vision_url, settings.scene_max_age_ms)
         else:
             client = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
-            view = await client.look()
+            view = await client.look(rec.turn_id)
             await client.aclose()
-        mark("scene_fetched")
-        agent = build_agent(settings)
-        session = Session(new_turn_id(), settings.memory_turns)
-        deps = TurnDeps(vision=None, view=view, language=settings.language.value)
-        cutter = SentenceCutter(settings.sentence_max_chars)
+        rec.mark("scene_fetched", time.monotonic_ns())
+        rec.scene = scene_json(view)
+        deps = TurnDeps(vision=None, view=view, language=settings.language.value, turn_id=rec.turn_id)
         audio: list[np.ndarray] = []
-        reply: list[str] = []
-
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def speaker() -> None:
@@ -110,33 +110,42 @@ async def ask(wav: Path | None, text: str | None, image: Path | None, settings: 
             while (sentence := await sentences.get()) is not None:
                 async for chunk in models.tts.stream([sentence], voice, 1.0):
                     if len(chunk.pcm):
-                        mark("tts_first_audio")
+                        now = time.monotonic_ns()
+                        rec.mark("tts_first_audio", now)
+                        rec.mark("playback_start", now)  # where a speaker would start playing
                         audio.append(chunk.pcm)
+            rec.mark("playback_end", time.monotonic_ns())
+
+        async def speak(sentence: str, final: bool) -> None:
+            if sentence:
+                sentences.put_nowait(sentence)
 
         speaking = asyncio.create_task(speaker())
-        async for delta in stream_reply(agent, session, transcript.text, deps, settings.max_reply_chars):
-            if delta:
-                mark("llm_first_token")
-                reply.append(delta)
-                for sentence in cutter.feed(delta):
-                    mark("first_sentence")
-                    sentences.put_nowait(sentence)
-        for sentence in cutter.flush():
-            mark("first_sentence")
-            sentences.put_nowait(sentence)
-        sentences.put_nowait(None)
-        await speaking
-        mark("done")
+        try:
+            await speak_reply(build_agent(settings), session, rec, deps, language=settings.language.value,
+                              sentence_max_chars=settings.sentence_max_chars,
+                              max_reply_chars=settings.max_reply_chars, speak=speak)
+        finally:
+            sentences.put_nowait(None)
+            await speaking
+        if rec.error:
+            log.warning("ask: %s", rec.error)
         pcm = np.concatenate(audio) if audio else np.zeros(0, np.int16)
-        return AskResult(transcript.text, "".join(reply).strip(), summarize(view, settings.language.value),
-                         voice.engine.sample_rate, pcm, ms)
+        return AskResult(rec.transcript, rec.reply, summarize(view, settings.language.value),
+                         voice.engine.sample_rate, pcm, rec)
     finally:
         models.close()
 
 
-def breakdown(result: AskResult) -> list[tuple[str, Any]]:
-    """The rows `watus ask` prints: each stage's ms from the start of transcription."""
-    names = {"asr_done": "ASR done", "scene_fetched": "scene fetched", "llm_first_token": "LLM first token",
-             "first_sentence": "first sentence complete", "tts_first_audio": "TTS first audio",
-             "done": "reply spoken (all audio synthesised)"}
-    return [(names[k], v) for k, v in result.ms.items() if k in names]
+def breakdown(result: AskResult) -> list[tuple[str, float | None, float | None]]:
+    """The rows `watus ask` prints: each stage of the turn log, ms after end of speech and from the one before."""
+    ms = result.record.stage_ms()
+    rows: list[tuple[str, float | None, float | None]] = [
+        (stage, ms.get(f"{stage}_ms"), ms.get(f"{stage}_step_ms")) for stage in STAGES[1:] if f"{stage}_ms" in ms]
+    rows.append(("e2e", result.record.e2e_ms, None))
+    return rows
+
+
+def as_json(result: AskResult) -> dict[str, Any]:
+    """The turn as the turn log would hold it."""
+    return result.record.as_json()

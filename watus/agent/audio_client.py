@@ -1,20 +1,23 @@
 """The agent's side of the audio service: its event stream, `say` and `stop`.
 
 The event stream is the voice loop's input; it is read with a reconnecting SSE reader because the
-audio process may restart (systemd, `watus up`) and the agent must carry on when it comes back.
+audio process may restart (systemd, `watus up`) and the agent must carry on when it comes back. Every
+event is validated against the contract (`watus.core.wire.audio`); one that does not validate is logged
+with its type and counted (`on_invalid`), and skipped — never patched up with defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
-from watus.timing import TURN_HEADER
+from watus.core.timing import TURN_HEADER
+from watus.core.wire import WireError
+from watus.core.wire.audio import AudioEvent, SayRequest, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +27,18 @@ class AudioUnavailableError(Exception):
 
 
 class AudioClient:
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, timeout_s: float, on_invalid: Callable[[WireError], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._on_invalid = on_invalid
         self.connected = False
         self.last_error: str | None = None
 
     async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
                   sequential: bool = False) -> dict[str, Any]:
-        body = {"text": text, "turn_id": turn_id, "final": final, "interrupt": interrupt, "sequential": sequential}
+        """Queue text for the speaker. The agent decides barge-in itself, so the speaker must not."""
+        body = SayRequest(text=text, turn_id=turn_id, final=final, interrupt=interrupt, sequential=sequential,
+                          barge_in=False).model_dump(exclude_none=True)
         try:
             r = await self._http.post("/v1/say", json=body, headers={TURN_HEADER: turn_id})
         except httpx.HTTPError as e:
@@ -47,7 +53,7 @@ class AudioClient:
         except httpx.HTTPError as e:
             log.warning("could not stop playback: %s", e)
 
-    async def events(self, retry_max_s: float = 5.0) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, retry_max_s: float = 5.0) -> AsyncIterator[AudioEvent]:
         """Events forever, reconnecting with backoff; `connected` tells whether the stream is up."""
         delay = 0.2
         while True:
@@ -57,11 +63,14 @@ class AudioClient:
                         raise AudioUnavailableError(f"/v1/events answered {r.status_code}")
                     self.connected, self.last_error, delay = True, None, 0.2
                     async for line in r.aiter_lines():
-                        if line.startswith("data:"):
-                            try:
-                                yield json.loads(line[5:].strip())
-                            except json.JSONDecodeError:
-                                log.warning("bad event from audio: %.100s", line)
+                        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                            continue
+                        try:
+                            yield parse_event(line[5:].strip())
+                        except WireError as e:
+                            log.error("audio event skipped: %s (%.120s)", e, line)
+                            if self._on_invalid is not None:
+                                self._on_invalid(e)
             except (httpx.HTTPError, AudioUnavailableError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
             self.connected = False

@@ -11,7 +11,7 @@ its way to the speaker while the model is still writing the second.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +129,7 @@ def user_prompt(question: str, view: SceneView | None, language: str) -> str:
 
 
 async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: str, deps: TurnDeps,
-                       max_chars: int) -> AsyncIterator[str]:
+                       max_chars: int) -> AsyncGenerator[str, None]:
     """Text deltas of the reply, cut at `max_chars`; memory is updated when the reply completes.
 
     Closing the iterator early (barge-in) cancels the LLM request and leaves the turn out of memory.
@@ -154,5 +154,5 @@ def scene_json(view: SceneView | None) -> dict[str, Any] | None:
     if view.scene is None:
         return {"error": view.error}
     s = view.scene
-    return {"frame_id": s.get("frame_id"), "age_ms": view.age_ms, "stale": view.stale,
-            "people": len(s.get("people") or []), "objects": len(s.get("objects") or [])}
+    return {"frame_id": s.frame_id, "age_ms": view.age_ms, "stale": view.stale, "people": len(s.people),
+            "objects": len(s.objects)}

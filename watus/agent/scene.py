@@ -4,7 +4,9 @@ The summary is short on purpose: a small model reads every token of it before it
 the first thing the user waits for), so it says how many people there are with their age, gender and
 emotion where the classifiers are confident, counts objects by label, and says how fresh it is. When
 vision is down or the scene is older than `scene_max_age_ms`, the summary says so plainly, and the
-prompt tells the model to admit it cannot see instead of inventing.
+prompt tells the model to admit it cannot see instead of inventing. The scene is validated against the
+contract (`watus.core.wire.scene.Scene`): a scene that does not validate is logged and counted, and the
+robot says it cannot see rather than reading a half-understood scene.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from watus.timing import TURN_HEADER
+from watus.core.timing import TURN_HEADER
+from watus.core.wire import WireError
+from watus.core.wire.scene import Person, Scene
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,7 @@ MIN_ATTRIBUTE_CONFIDENCE = 0.6
 class SceneView:
     """One look at the scene: the scene itself or why there is none."""
 
-    scene: dict[str, Any] | None
+    scene: Scene | None
     error: str | None
     fetched_ns: int
     age_ms: float | None = None
@@ -43,9 +49,11 @@ class SceneView:
 class VisionClient:
     """Reads `GET /v1/scene` from the vision service; never raises (a missing camera is a fact to report)."""
 
-    def __init__(self, base_url: str, timeout_s: float, max_age_ms: int) -> None:
+    def __init__(self, base_url: str, timeout_s: float, max_age_ms: int,
+                 on_invalid: Callable[[WireError], None] | None = None) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
         self.max_age_ms = max_age_ms
+        self._on_invalid = on_invalid
 
     async def look(self, turn_id: str | None = None) -> SceneView:
         headers = {TURN_HEADER: turn_id} if turn_id else {}
@@ -60,30 +68,43 @@ class VisionClient:
             except (ValueError, KeyError, TypeError):
                 message = r.text[:200]
             return SceneView(None, f"vision service answered {r.status_code}: {message}", now)
-        scene = r.json()
+        try:
+            scene = parse_scene(r.content)
+        except WireError as e:
+            log.error("vision scene skipped: %s", e)
+            if self._on_invalid is not None:
+                self._on_invalid(e)
+            return SceneView(None, "the vision service sent a scene this agent cannot read", now)
         return view_of(scene, now, self.max_age_ms)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def view_of(scene: dict[str, Any], now_ns: int, max_age_ms: int) -> SceneView:
-    captured = scene.get("captured_ns")
-    age = (now_ns - int(captured)) / 1e6 if isinstance(captured, int) else None
-    stale = age is not None and age > max_age_ms
-    return SceneView(scene, None, now_ns, age, stale)
+def parse_scene(data: bytes | str | dict[str, Any]) -> Scene:
+    """A scene from the vision service, validated; raises `WireError`."""
+    try:
+        if isinstance(data, dict):
+            return Scene.model_validate(data)
+        return Scene.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise WireError("scene", f"{'.'.join(str(x) for x in first.get('loc', ()))}: {first.get('msg')}") from None
 
 
-def _person_phrase(p: dict[str, Any], language: str) -> str:
+def view_of(scene: Scene, now_ns: int, max_age_ms: int) -> SceneView:
+    age = (now_ns - scene.captured_ns) / 1e6
+    return SceneView(scene, None, now_ns, age, age > max_age_ms)
+
+
+def _person_phrase(p: Person, language: str) -> str:
     bits: list[str] = []
-    age = p.get("age") or {}
-    if isinstance(age.get("years"), (int, float)):
-        bits.append(f"~{round(age['years'])} y" if language == "en" else f"~{round(age['years'])} lat")
-    for key in ("gender", "emotion"):
-        attr = p.get(key) or {}
-        if attr.get("label") and float(attr.get("confidence", 0.0)) >= MIN_ATTRIBUTE_CONFIDENCE:
-            bits.append(str(attr["label"]).lower())
-    tid = p.get("track_id")
+    if p.age is not None:
+        bits.append(f"~{round(p.age.years)} y" if language == "en" else f"~{round(p.age.years)} lat")
+    for attr in (p.gender, p.emotion):
+        if attr is not None and attr.label and attr.confidence >= MIN_ATTRIBUTE_CONFIDENCE:
+            bits.append(attr.label.lower())
+    tid = p.track_id
     name = f"person {tid}" if tid is not None else "person"
     if language == "pl":
         name = f"osoba {tid}" if tid is not None else "osoba"
@@ -101,9 +122,8 @@ def summarize(view: SceneView, language: str = "en") -> str:
                 else f"[Camera: the last picture is {(view.age_ms or 0) / 1000:.1f} s old, too old to trust. "
                      "Do not describe it.]")
     scene = view.scene
-    people = scene.get("people") or []
-    objects = [o for o in scene.get("objects") or [] if o.get("label") != "person"]
-    counts = Counter(str(o.get("label")) for o in objects)
+    people = scene.people
+    counts = Counter(o.label for o in scene.objects if o.label != "person")
     things = ", ".join(f"{n} {label}" if n > 1 else label for label, n in counts.most_common(8))
     who = "; ".join(_person_phrase(p, language) for p in people[:6])
     if pl:
@@ -124,15 +144,15 @@ def count_label(view: SceneView, label: str) -> int | None:
         return None
     want = label.strip().lower().rstrip("s")
     if want in ("person", "people", "human", "osob", "ludzi"):
-        return len(view.scene.get("people") or [])
-    return sum(1 for o in view.scene.get("objects") or [] if str(o.get("label", "")).lower().rstrip("s") == want)
+        return len(view.scene.people)
+    return sum(1 for o in view.scene.objects if o.label.lower().rstrip("s") == want)
 
 
 def describe_person(view: SceneView, index: int, language: str = "en") -> str | None:
     """A person of the scene by number (1 = largest/first listed), or None."""
     if not view.usable or view.scene is None:
         return None
-    people = view.scene.get("people") or []
+    people = view.scene.people
     if not 1 <= index <= len(people):
         return None
     return _person_phrase(people[index - 1], language)

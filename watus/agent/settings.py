@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from watus.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, WatusSettings
 
 
 def _service_url(prefix: str, default_port: int) -> str:

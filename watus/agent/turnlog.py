@@ -33,12 +33,16 @@ class TurnRecord:
     reply: str = ""
     language: str | None = None
     interrupted: bool = False
+    #: Why the turn was cut short (barge-in, a new utterance, a stop from elsewhere).
+    interrupt_reason: str | None = None
     error: str | None = None
     mode: str = "streaming"
     scene: dict[str, Any] | None = None
     t_ns: dict[str, int] = field(default_factory=dict)
     #: Times the audio service measured itself (ASR ms, VAD tail ms), as it reported them.
     audio_ms: dict[str, float] = field(default_factory=dict)
+    #: Capture time of the last speech frame (the true end of speech, before the VAD's silence tail).
+    speech_end_captured_ns: int | None = None
 
     def mark(self, stage: str, at_ns: int) -> None:
         self.t_ns.setdefault(stage, at_ns)
@@ -64,9 +68,16 @@ class TurnRecord:
         t0, t1 = self.t_ns.get("speech_end"), self.t_ns.get("playback_start")
         return None if t0 is None or t1 is None else round((t1 - t0) / 1e6, 2)
 
+    @property
+    def perceived_ms(self) -> float | None:
+        """What a person waits: first audio played − the true end of speech (includes the VAD tail)."""
+        t0, t1 = self.speech_end_captured_ns, self.t_ns.get("playback_start")
+        return None if t0 is None or t1 is None else round((t1 - t0) / 1e6, 2)
+
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["e2e_ms"] = self.e2e_ms
+        d["perceived_ms"] = self.perceived_ms
         d["stages_ms"] = self.stage_ms()
         return d
 

@@ -1,13 +1,19 @@
-"""The voice loop: audio events in, spoken replies out, one turn record per turn.
+"""The voice loop: the one owner of a spoken turn's lifecycle (start, barge-in, cancel, done).
 
-On a `transcript` the loop starts a turn: look (vision), think (LLM, streamed), and send each sentence
-to the speaker the moment the sentence cutter releases it. Barge-in (`interrupted`, or speech starting
-while the robot talks) cancels the turn's generation and stops playback. The audio service's events
-also carry the times the agent cannot see itself (end of speech t0, first audio, playback start and
-end), so the turn record holds every stage on the one machine-wide monotonic clock and e2e = t1 − t0.
+The audio service reports facts (typed events: speech started, transcripts, audio synthesised and
+played, interruptions) and obeys commands (say, stop); this loop decides. A `transcript` starts a
+turn: look (vision), think (LLM, streamed) and send each sentence to the speaker the moment the
+sentence cutter releases it (`watus.agent.turns`, the same code as `watus ask`). Barge-in is decided
+here: speech that starts while the robot is talking, or a new utterance while a turn is still under
+way, cancels the turn — the LLM stream is closed at once — and stops playback. A turn is over when the
+speaker reports that its last text (`final`) has played, when it was interrupted, or when it had
+nothing to say.
 
-Faults never end the loop: audio away → reconnect with backoff; LLM away → a spoken apology; vision
-away → the model is told it cannot see. Each turn's record is written even when it failed.
+Every stage is stamped on the machine-wide monotonic clock: end of speech (t0) and ASR from the audio
+service's own stamps, the scene, LLM and first sentence here, first audio and playback from the audio
+events; so the turn record holds e2e = t1 − t0. Faults never end the loop: audio away → the turn is
+recorded with its error and the event stream reconnects; LLM away → a spoken apology; vision away →
+the model is told it cannot see. Each turn's record is written (off the event loop) even when it failed.
 """
 
 from __future__ import annotations
@@ -16,42 +22,56 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic_ai import Agent
 
-from watus.agent.audio_client import AudioClient, AudioUnavailableError
-from watus.agent.brain import Session, TurnDeps, scene_json, stream_reply
+from watus.agent.audio_client import AudioUnavailableError
+from watus.agent.brain import Session, TurnDeps, scene_json
 from watus.agent.scene import VisionClient
-from watus.agent.sentences import SentenceCutter
 from watus.agent.settings import AgentSettings, Pipeline
 from watus.agent.turnlog import TurnLog, TurnRecord
-from watus.timing import new_turn_id
+from watus.agent.turns import speak_reply, think_then_speak
+from watus.core.wire.audio import (
+    AudioEvent,
+    Interrupted,
+    PlaybackFinished,
+    PlaybackStarted,
+    SpeechStarted,
+    Transcript,
+    TtsAudio,
+)
 
 log = logging.getLogger(__name__)
 
-APOLOGY = {
-    "en": "Sorry, I cannot think right now. Please try again in a moment.",
-    "pl": "Przepraszam, nie mogę teraz myśleć. Spróbuj za chwilę.",
-}
 #: How long to wait for the speaker to finish a reply before writing the record anyway.
 PLAYBACK_GRACE_S = 120.0
+
+
+class Speaker(Protocol):
+    """What the loop needs of the audio service (`AudioClient`; a recorder in the unit tests)."""
+
+    async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
+                  sequential: bool = False) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+    def events(self) -> AsyncIterator[AudioEvent]: ...
 
 
 @dataclass
 class _Turn:
     record: TurnRecord
     task: asyncio.Task[None] | None = None
-    sent_all: bool = False
-    final_sent: bool = False
+    spoke: bool = False  # at least one say request went out
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class VoiceLoop:
     def __init__(self, settings: AgentSettings, agent: Agent[TurnDeps, str], session: Session,
-                 vision: VisionClient | None, audio: AudioClient, turn_log: TurnLog,
+                 vision: VisionClient | None, audio: Speaker, turn_log: TurnLog,
                  on_record: Callable[[TurnRecord], None] | None = None) -> None:
         self._s = settings
         self._agent = agent
@@ -64,52 +84,60 @@ class VoiceLoop:
         self._turns: dict[str, _Turn] = {}
         self.turns_done = 0
 
+    @property
+    def current_turn(self) -> str | None:
+        """The id of the turn under way, if any."""
+        return self._current.record.turn_id if self._current is not None else None
+
     async def run(self) -> None:
         """Forever (until cancelled): read audio events and act on them."""
         async for ev in self._audio.events():
             try:
-                await self._on_event(ev)
+                await self.handle(ev)
             except Exception:  # one bad event never ends the loop
-                log.exception("voice loop: event %s failed", ev.get("type"))
+                log.exception("voice loop: event %s failed", ev.type)
 
-    async def _on_event(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        turn_id = ev.get("turn_id")
-        if kind == "transcript":
+    async def handle(self, ev: AudioEvent) -> None:
+        """Act on one event of the audio service."""
+        if isinstance(ev, Transcript):
             await self._barge_in("new utterance")
-            if str(ev.get("text", "")).strip():
+            if ev.text.strip():
                 self._start_turn(ev)
-        elif kind == "speech_started" and ev.get("barge_in"):
-            await self._barge_in("speech while speaking")
-        elif kind == "interrupted":
-            await self._barge_in(str(ev.get("reason", "interrupted")), stop_audio=False)
-        elif turn_id in self._turns:
-            turn = self._turns[turn_id]
-            at = int(ev.get("t_ns", time.monotonic_ns()))
-            if kind == "tts_audio":
-                turn.record.mark("tts_first_audio", at)
-            elif kind == "playback_started":
-                turn.record.mark("tts_first_audio", at)
-                turn.record.mark("playback_start", at)
-            elif kind == "playback_finished":
-                turn.record.t_ns["playback_end"] = at
-                # Without a final sentence (a reply cut at the length limit) the next idle speaker ends it.
-                if ev.get("final") or (turn.sent_all and not turn.final_sent):
-                    turn.done.set()
+        elif isinstance(ev, SpeechStarted):
+            if ev.during_playback or ev.barge_in:
+                await self._barge_in("speech while speaking", stop_audio=not ev.barge_in)
+        elif isinstance(ev, Interrupted):
+            turn = self._current
+            if turn is not None and ev.turn_id in (None, turn.record.turn_id):
+                await self._barge_in(f"interrupted ({ev.reason})", stop_audio=False)
+        elif isinstance(ev, (TtsAudio, PlaybackStarted, PlaybackFinished)) and ev.turn_id in self._turns:
+            self._on_playback(self._turns[ev.turn_id], ev)
 
-    def _start_turn(self, ev: dict[str, Any]) -> None:
-        turn_id = str(ev.get("turn_id") or new_turn_id())
-        record = TurnRecord(turn_id=turn_id, session_id=self.session.id, transcript=str(ev["text"]).strip(),
-                            language=ev.get("language"), mode=self._s.pipeline.value)
-        record.mark("speech_end", int(ev.get("t0_ns") or ev.get("t_ns") or time.monotonic_ns()))
-        record.mark("asr_done", int(ev.get("t_ns") or time.monotonic_ns()))
-        stages = ev.get("stages_ms")
-        if isinstance(stages, dict):
-            record.audio_ms = {str(k): float(v) for k, v in stages.items() if isinstance(v, (int, float))}
+    def _on_playback(self, turn: _Turn, ev: TtsAudio | PlaybackStarted | PlaybackFinished) -> None:
+        rec = turn.record
+        if isinstance(ev, TtsAudio):
+            rec.mark("tts_first_audio", ev.t_ns)
+        elif isinstance(ev, PlaybackStarted):
+            rec.mark("tts_first_audio", ev.t_ns)
+            rec.mark("playback_start", ev.t_ns)
+        else:
+            if ev.played_ms > 0 or "playback_end" not in rec.t_ns:
+                rec.t_ns["playback_end"] = ev.t_ns
+            if ev.final:
+                turn.done.set()
+
+    def _start_turn(self, ev: Transcript) -> None:
+        record = TurnRecord(turn_id=ev.turn_id, session_id=self.session.id, transcript=ev.text.strip(),
+                            language=ev.language, mode=self._s.pipeline.value)
+        record.mark("speech_end", ev.t0_ns)
+        record.mark("asr_done", ev.t_ns)
+        if ev.speech_end_captured_ns is not None:
+            record.speech_end_captured_ns = ev.speech_end_captured_ns
+        record.audio_ms = dict(ev.stages_ms)
         turn = _Turn(record)
-        self._turns[turn_id] = turn
+        self._turns[record.turn_id] = turn
         self._current = turn
-        turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{turn_id}")
+        turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{record.turn_id}")
 
     async def _barge_in(self, why: str, stop_audio: bool = True) -> None:
         turn = self._current
@@ -117,25 +145,31 @@ class VoiceLoop:
             return
         log.info("barge-in on turn %s: %s", turn.record.turn_id, why)
         turn.record.interrupted = True
-        if turn.task is not None and not turn.task.done():
-            turn.task.cancel()
-        if stop_audio:
-            await self._audio.stop()
+        turn.record.interrupt_reason = why
         turn.done.set()
+        if turn.task is not None and not turn.task.done():
+            turn.task.cancel()  # closes the LLM stream at once (aclosing in watus.agent.turns)
+        if stop_audio and turn.spoke:
+            await self._audio.stop()
 
     async def _run_turn(self, turn: _Turn) -> None:
         rec = turn.record
         try:
             await self._think_and_speak(turn)
+            if not turn.spoke:
+                turn.done.set()  # nothing to play
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(turn.done.wait(), PLAYBACK_GRACE_S)
         except asyncio.CancelledError:
             rec.interrupted = True
+        except AudioUnavailableError as e:
+            rec.error = f"audio: {e}"
+            log.error("turn %s: %s", rec.turn_id, rec.error)
         except Exception as e:  # the loop outlives any failure of a turn
-            rec.error = f"{type(e).__name__}: {e}"
-            log.error("turn %s failed: %s", rec.turn_id, rec.error)
+            rec.error = f"agent: {type(e).__name__}: {e}"
+            log.exception("turn %s failed", rec.turn_id)
         finally:
-            self._finish(turn)
+            await self._finish(turn)
 
     async def _think_and_speak(self, turn: _Turn) -> None:
         rec = turn.record
@@ -143,72 +177,32 @@ class VoiceLoop:
         rec.mark("scene_fetched", time.monotonic_ns())
         rec.scene = scene_json(view)
         deps = TurnDeps(vision=self._vision, view=view, language=self._s.language.value, turn_id=rec.turn_id)
-        if self._s.pipeline is Pipeline.sequential:
-            await self._think_then_speak(turn, deps)
-            return
-        cutter = SentenceCutter(self._s.sentence_max_chars)
-        reply: list[str] = []
-        try:
-            async for delta in stream_reply(self._agent, self.session, rec.transcript, deps, self._s.max_reply_chars):
-                if not delta:
-                    continue
-                rec.mark("llm_first_token", time.monotonic_ns())
-                reply.append(delta)
-                for sentence in cutter.feed(delta):
-                    await self._speak(rec, sentence)
-        except (asyncio.CancelledError, AudioUnavailableError):
-            raise
-        except Exception as e:
-            rec.error = f"LLM: {type(e).__name__}: {e}"
-            log.error("turn %s: the LLM failed (%s); apologising", rec.turn_id, e)
-            cutter.flush()
-            reply = [APOLOGY[self._s.language.value]]
-            await self._speak(rec, reply[0], final=True)
-            turn.final_sent = turn.sent_all = True
-            rec.reply = reply[0]
-            return
-        # The cutter holds a sentence until it sees the next one start, so the last sentence comes out
-        # of flush() and can carry the `final` mark that lets the speaker say when the turn is over.
-        rest = cutter.flush()
-        for i, sentence in enumerate(rest):
-            await self._speak(rec, sentence, final=i == len(rest) - 1)
-        turn.final_sent = bool(rest)
-        turn.sent_all = True
-        rec.reply = "".join(reply).strip()
-        if not rec.reply:
-            turn.done.set()  # nothing to play
+        sequential = self._s.pipeline is Pipeline.sequential
 
-    async def _think_then_speak(self, turn: _Turn, deps: TurnDeps) -> None:
-        """The sequential baseline: the whole reply, then all of its speech synthesised, then playback."""
+        async def speak(sentence: str, final: bool) -> None:
+            turn.spoke = True
+            await self._audio.say(sentence, rec.turn_id, final=final, sequential=sequential)
+
+        if sequential:
+            await think_then_speak(self._agent, self.session, rec, deps, max_reply_chars=self._s.max_reply_chars,
+                                   speak=speak)
+        else:
+            await speak_reply(self._agent, self.session, rec, deps, language=self._s.language.value,
+                              sentence_max_chars=self._s.sentence_max_chars,
+                              max_reply_chars=self._s.max_reply_chars, speak=speak)
+
+    async def _finish(self, turn: _Turn) -> None:
         rec = turn.record
-        parts: list[str] = []
-        async for delta in stream_reply(self._agent, self.session, rec.transcript, deps, self._s.max_reply_chars):
-            if delta:
-                rec.mark("llm_first_token", time.monotonic_ns())
-                parts.append(delta)
-        rec.reply = "".join(parts).strip()
-        if not rec.reply:
-            turn.sent_all = True
-            turn.done.set()
-            return
-        rec.mark("first_sentence", time.monotonic_ns())
-        await self._audio.say(rec.reply, rec.turn_id, final=True, sequential=True)
-        turn.final_sent = turn.sent_all = True
-
-    async def _speak(self, rec: TurnRecord, sentence: str, final: bool = False) -> None:
-        rec.mark("first_sentence", time.monotonic_ns())
-        await self._audio.say(sentence, rec.turn_id, final=final)
-
-    def _finish(self, turn: _Turn) -> None:
-        self._turns.pop(turn.record.turn_id, None)
+        self._turns.pop(rec.turn_id, None)
         if self._current is turn:
             self._current = None
+        # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop.
         try:
-            self._log.write(turn.record)
+            await asyncio.to_thread(self._log.write, rec)
         except OSError as e:
-            log.error("could not write the turn log: %s", e)
+            log.error("could not write the turn log %s: %s", self._log.path, e)
         self.turns_done += 1
         if self._on_record is not None:
-            self._on_record(turn.record)
-        log.info("turn %s: e2e %s ms, interrupted %s, reply %.60r", turn.record.turn_id, turn.record.e2e_ms,
-                 turn.record.interrupted, turn.record.reply)
+            self._on_record(rec)
+        log.info("turn %s: e2e %s ms, interrupted %s, reply %.60r", rec.turn_id, rec.e2e_ms, rec.interrupted,
+                 rec.reply)

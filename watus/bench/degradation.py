@@ -36,8 +36,8 @@ from watus.bench.llm import build_prompt, calibrate_prompt, parse_target
 from watus.bench.llm_targets import Driver, TargetKind, TargetSpec, open_target
 from watus.bench.llm_types import BenchConfig, BenchError, RunResult
 from watus.bench.stats import Summary, fmt, ratio_noise, summarize
-from watus.memwatch import SwapWatch
-from watus.telemetry import TelemetrySampler, TelemetrySummary
+from watus.core.memwatch import SwapWatch
+from watus.core.telemetry import TelemetrySampler, TelemetrySummary
 
 log = logging.getLogger(__name__)
 

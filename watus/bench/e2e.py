@@ -52,7 +52,7 @@ from watus.bench.e2e_report import (
 )
 from watus.bench.procs import free_port as _free_port
 from watus.bench.procs import service
-from watus.telemetry import TelemetrySampler
+from watus.core.telemetry import TelemetrySampler
 
 log = logging.getLogger(__name__)
 

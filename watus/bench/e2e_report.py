@@ -22,7 +22,7 @@ from watus.bench.report import jsonable as _jsonable
 from watus.bench.report import mean_max as _mm
 from watus.bench.report import row as _row
 from watus.bench.stats import Summary, fmt, ratio_noise, summarize
-from watus.telemetry import TelemetrySummary
+from watus.core.telemetry import TelemetrySummary
 
 MODES = ("streaming", "sequential")
 #: Goals of the issue: streaming e2e p50 against the sequential baseline's, and against the sum of the

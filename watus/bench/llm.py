@@ -50,7 +50,7 @@ from watus.bench.llm_types import (
     StreamTiming,
     TargetResult,
 )
-from watus.telemetry import TelemetrySampler, TelemetrySummary
+from watus.core.telemetry import TelemetrySampler, TelemetrySummary
 
 __all__ = [
     "DEFAULT_TARGETS",

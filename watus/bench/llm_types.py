@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from watus.bench.stats import Summary, summarize
-from watus.telemetry import TelemetrySummary
+from watus.core.telemetry import TelemetrySummary
 
 METRICS = ("ttft_ms", "prefill_tps", "decode_tps", "wall_ms", "prompt_tokens", "completion_tokens",
            "server_prefill_tps", "server_decode_tps")

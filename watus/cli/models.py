@@ -1,6 +1,6 @@
 """`watus models ...`: prepare, check and export models (mounted by `watus.cli` as `models`).
 
-Only this layer prints. The work is in `watus.modelstore` (steps, checksums, the tool venv) and in
+Only this layer prints. The work is in `watus.core.modelstore` (steps, checksums, the tool venv) and in
 each service's `modelsetup` module; `export-yolo` runs `vision/export.py` with the tool interpreter.
 """
 
@@ -16,12 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.modelstore import (
+from watus.core.modelstore import (
     ModelStoreSettings,
     SetupError,
     SetupStep,
     ToolEnv,
-    all_steps,
     load_manifest,
     run_setup,
     select_steps,
@@ -42,6 +41,19 @@ def _settings(cache_dir: Path | None, tool_python: Path | None) -> ModelStoreSet
     if tool_python is not None:
         overrides["tool_python"] = tool_python
     return ModelStoreSettings(**overrides)  # type: ignore[arg-type]
+
+
+def all_steps() -> list[SetupStep]:
+    """Every service's setup steps, vision's first. Collected here, at the top layer: `watus.core` knows
+    no service, and each service declares its own steps in its `modelsetup` module."""
+    from audio.modelsetup import setup_steps as audio_steps
+    from vision.modelsetup import setup_steps as vision_steps
+
+    steps: dict[str, SetupStep] = {}
+    for provider in (vision_steps, audio_steps):
+        for step in provider():
+            steps[step.name] = step
+    return list(steps.values())
 
 
 def _steps(only: list[str] | None) -> list[SetupStep]:

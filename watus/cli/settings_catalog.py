@@ -1,36 +1,34 @@
 """Every process's settings class, for the configuration reference and the deploy env file.
 
-Imported lazily: the catalog lists the classes of the services installed here (a robot role that
-does not install the vision extra still gets the other sections).
+It sits in the CLI layer, which may import every service: the settings modules are light (pydantic
+only), so they are imported directly.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic_settings import BaseSettings
 
-from watus.config import settings_reference
+from audio.settings import AudioSettings
+from trt_server.settings import LLMSettings
+from vision.settings import VisionSettings
+from watus.agent.settings import AgentSettings
+from watus.core.config import settings_reference
+from watus.core.modelstore import ModelStoreSettings
 
-#: (section title, module, class) in the order the README and the env file show them.
-CATALOG: tuple[tuple[str, str, str], ...] = (
-    ("LLM server (`python -m trt_server`)", "trt_server.settings", "LLMSettings"),
-    ("Vision (`python -m vision`)", "vision.settings", "VisionSettings"),
-    ("Audio (`python -m audio`)", "audio.settings", "AudioSettings"),
-    ("Agent (`python -m watus`, `watus listen`, `watus chat`)", "watus.agent.settings", "AgentSettings"),
-    ("Model cache (`watus models`)", "watus.modelstore", "ModelStoreSettings"),
+#: (section title, class) in the order the README and the env file show them.
+CATALOG: tuple[tuple[str, type[BaseSettings]], ...] = (
+    ("LLM server (`python -m trt_server`)", LLMSettings),
+    ("Vision (`python -m vision`)", VisionSettings),
+    ("Audio (`python -m audio`)", AudioSettings),
+    ("Agent (`python -m watus`, `watus listen`, `watus chat`)", AgentSettings),
+    ("Model cache (`watus models`)", ModelStoreSettings),
 )
 
 
 def settings_classes() -> list[tuple[str, type[BaseSettings]]]:
-    out = []
-    for title, module, name in CATALOG:
-        try:
-            out.append((title, getattr(importlib.import_module(module), name)))
-        except ImportError:  # that service's extra is not installed on this machine
-            continue
-    return out
+    return list(CATALOG)
 
 
 def _shown(default: Any) -> str:

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy
+from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy
 
 console = Console()
 err = Console(stderr=True)
@@ -129,8 +129,8 @@ def status(
     only: Annotated[list[str] | None, typer.Option("--only", help="Check only these services.")] = None,
 ) -> None:
     """Health of every service, and of this machine (memory, swap, CPU; GPU via tegrastats on a Jetson)."""
-    from watus.memwatch import SwapWatch
-    from watus.telemetry import TelemetrySampler, sample_psutil
+    from watus.core.memwatch import SwapWatch
+    from watus.core.telemetry import TelemetrySampler, sample_psutil
 
     rows = asyncio.run(check_all(only))
     console.print(_health_table(rows))

@@ -1,4 +1,9 @@
-"""Cutting a streamed reply into sentences, so each is spoken as soon as it is complete.
+"""Cutting text into sentences: a streamed reply for the agent, a `say` text for the speaker.
+
+One cutter for every process (the agent cuts the LLM stream; the audio service cuts what it is asked to
+say into pieces to synthesise), so both agree on what a sentence is.
+
+The agent: each sentence is spoken as soon as it is complete.
 
 The first sentence decides the robot's latency, so a sentence is released at the first safe boundary:
 `.`, `!`, `?` or `…` (with closing quotes or brackets) followed by whitespace and then a character that
@@ -15,7 +20,7 @@ import re
 ABBREVIATIONS = frozenset({
     # English
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx", "fig", "inc",
-    "ltd", "co", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+    "ltd", "co", "no", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
     "sept", "oct", "nov", "dec", "a.m", "p.m", "u.s", "u.k",
     # Polish
     "np", "tzn", "tj", "itd", "itp", "ul", "al", "godz", "doc", "inż", "mgr", "hab", "m.in",
@@ -98,3 +103,42 @@ class SentenceCutter:
             if i > self._max // 3:
                 return i + len(sep)
         return self._max
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a whole text, whitespace-normalised, none empty (the same cuts as the stream)."""
+    cutter = SentenceCutter(max_chars=max(160, len(text) + 1))  # whole text: no length cuts
+    return [" ".join(p.split()) for p in (*cutter.feed(text), *cutter.flush()) if p.strip()]
+
+
+# The speaker synthesises piece by piece so that the first plays while the next is synthesised, and so
+# that a barge-in never waits for a long synthesis. Piper's time to first audio grows with the length
+# of the first piece (≈0.1 × its duration on 2 cores), so a long first sentence is split once at a
+# comma; later sentences are synthesised while earlier ones play, and stay whole for better prosody.
+_CLAUSE = re.compile(r"[,;:—–]\s+")
+#: A first sentence longer than this many characters (~2.5 s of speech) is split at a clause boundary.
+FIRST_PIECE_MAX_CHARS = 40
+#: ... but never into parts shorter than this (a lone "Sure," then the rest sounds clipped).
+FIRST_PIECE_MIN_CHARS = 12
+
+
+def split_first_clause(sentence: str, max_chars: int = FIRST_PIECE_MAX_CHARS,
+                       min_chars: int = FIRST_PIECE_MIN_CHARS) -> list[str]:
+    """A long sentence as [first clause, rest] split at the first suitable comma; else [sentence]."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    for m in _CLAUSE.finditer(sentence):
+        head, tail = sentence[:m.start() + 1].strip(), sentence[m.end():].strip()
+        if len(head) >= min_chars and len(tail) >= min_chars:
+            return [head, tail]
+        if len(head) > max_chars:
+            break
+    return [sentence]
+
+
+def speakable_pieces(text: str, first_clause: bool = True) -> list[str]:
+    """What the speaker synthesises in order: sentences, the first maybe split at a clause."""
+    sentences = split_sentences(text)
+    if first_clause and sentences:
+        sentences = split_first_clause(sentences[0]) + sentences[1:]
+    return sentences

@@ -14,11 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from watus import cli_ops
 from watus.agent.settings import AgentSettings
 from watus.bench.cli import bench_app
-from watus.models_cli import models_app
-from watus.services import llm_server
+from watus.cli import ops as cli_ops
+from watus.cli.models import models_app
+from watus.cli.services import llm_server
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
                   add_completion=False)
@@ -30,7 +30,7 @@ async def _chat(settings: AgentSettings, prompt: str | None) -> None:
     """Text turns through the agent's brain: the scene (if vision runs), memory, streaming reply."""
     from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
     from watus.agent.scene import VisionClient
-    from watus.timing import new_turn_id
+    from watus.core.timing import new_turn_id
 
     agent = build_agent(settings)
     vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
@@ -85,7 +85,7 @@ async def _listen(settings: AgentSettings, turns: int | None) -> None:
     from watus.agent.scene import VisionClient
     from watus.agent.turnlog import TurnLog, TurnRecord
     from watus.agent.voice import VoiceLoop
-    from watus.timing import new_turn_id
+    from watus.core.timing import new_turn_id
 
     done = asyncio.Event()
     count = 0
@@ -127,7 +127,7 @@ def listen(
     log_dir: Annotated[Path, typer.Option(help="Where started services write their logs.")] = Path("var/log"),
 ) -> None:
     """The voice loop: hear (microphone or --mic-wav), look, think and speak, turn after turn."""
-    from watus.services import ensure_service, healthy
+    from watus.cli.services import ensure_service, healthy
 
     settings = AgentSettings()
     audio_env: dict[str, str] = {}
@@ -194,11 +194,15 @@ def ask(
     console.print("[bold]scene:[/bold] ", end="")
     console.print(result.scene, markup=False)
     console.print(f"[bold]reply:[/bold] {result.reply}")
-    table = Table(title="latency (ms from the start of transcription)")
+    if result.record.error:
+        err.print(f"[yellow]{result.record.error}[/yellow]")
+    # The turn log's stage names and figures: ms after the end of speech (the end of the recording).
+    table = Table(title=f"turn {result.record.turn_id}: ms after end of speech")
     table.add_column("stage")
     table.add_column("ms", justify="right")
-    for name, ms in breakdown(result):
-        table.add_row(name, f"{ms:.0f}")
+    table.add_column("step ms", justify="right")
+    for name, at, step in breakdown(result):
+        table.add_row(name, "-" if at is None else f"{at:.0f}", "" if step is None else f"{step:.0f}")
     console.print(table)
     if out is not None:
         console.print(f"spoken reply: {out} ({len(result.audio) / result.sample_rate:.1f} s)")
@@ -210,10 +214,10 @@ def config_reference(
     readme: Annotated[Path | None, typer.Option("--readme", help="Rewrite the reference in this README.")] = None,
 ) -> None:
     """Print every setting: env var, default and meaning (Markdown), or as an env file."""
-    from watus.settings_catalog import env_file, markdown_reference
+    from watus.cli.settings_catalog import env_file, markdown_reference
 
     if readme is not None:
-        from watus.readme import update
+        from watus.cli.readme import update
 
         console.print(f"{readme}: {'updated' if update(readme) else 'already up to date'}")
         return
@@ -229,7 +233,3 @@ app.command()(cli_ops.doctor)
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

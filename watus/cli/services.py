@@ -21,7 +21,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from watus.config import DEFAULT_PORTS
+from watus.core.config import DEFAULT_PORTS
 
 
 @dataclass(frozen=True)

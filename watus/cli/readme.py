@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from watus.settings_catalog import markdown_reference
+from watus.cli.settings_catalog import markdown_reference
 
 START, END = "<!-- config:start -->", "<!-- config:end -->"
 

