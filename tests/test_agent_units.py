@@ -14,10 +14,11 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from watus.agent.brain import Session, TurnDeps, build_agent, persona, stream_reply, user_prompt
-from watus.agent.scene import SceneView, count_label, describe_person, summarize, view_of
+from watus.agent.scene import SceneView, count_label, describe_person, parse_scene, summarize, view_of
 from watus.agent.settings import AgentSettings, Language
 from watus.agent.turnlog import TurnLog, TurnRecord
 from watus.core.sentences import SentenceCutter
+from watus.core.wire import WireError
 
 
 def _cut(text: str, step: int = 1, max_chars: int = 160) -> list[str]:
@@ -57,21 +58,40 @@ def test_text_without_punctuation_is_cut_at_the_limit() -> None:
     assert len(_cut("a, b c d e f g h i j k l m n o p q r s t u v w x y z " * 3, 1, 40)[0]) <= 40
 
 
+_BOX = {"x1": 0.1, "y1": 0.1, "x2": 0.4, "y2": 0.9}
+
+
+def _obj(label: str, class_id: int) -> dict[str, Any]:
+    return {"label": label, "class_id": class_id, "confidence": 0.8, "box": _BOX}
+
+
+#: A scene as the vision service sends it (validated against the contract, `watus.core.wire.scene.Scene`).
 SCENE: dict[str, Any] = {
-    "frame_id": 7, "captured_ns": 0,
+    "frame_id": 7, "seq": 7, "source": "test", "width": 640, "height": 480, "captured_ns": 0, "result_ns": 0,
+    "captured_unix": 0.0, "fps": 10.0,
+    "timings": {"capture_wait_ms": 1, "preprocess_ms": 1, "inference_ms": 20, "postprocess_ms": 1, "total_ms": 23},
     "people": [
-        {"track_id": 3, "age": {"years": 33.6, "confidence": 0.4}, "gender": {"label": "male", "confidence": 0.9},
-         "emotion": {"label": "Happy", "confidence": 0.8}},
-        {"track_id": 5, "age": {"years": 8.2, "confidence": 0.5}, "gender": {"label": "female", "confidence": 0.5},
-         "emotion": None},
+        {"track_id": 3, "confidence": 0.9, "box": _BOX, "age": {"years": 33.6, "confidence": 0.4},
+         "gender": {"label": "male", "confidence": 0.9}, "emotion": {"label": "Happy", "confidence": 0.8}},
+        {"track_id": 5, "confidence": 0.8, "box": _BOX, "age": {"years": 8.2, "confidence": 0.5},
+         "gender": {"label": "female", "confidence": 0.5}, "emotion": None},
     ],
-    "objects": [{"label": "person"}, {"label": "person"}, {"label": "bus"}, {"label": "chair"}, {"label": "chair"}],
+    "objects": [_obj("person", 0), _obj("person", 0), _obj("bus", 5), _obj("chair", 56), _obj("chair", 56)],
 }
 
 
 def _view(age_ms: float = 300, scene: dict[str, Any] | None = None) -> SceneView:
     now = time.monotonic_ns()
-    return view_of({**(scene or SCENE), "captured_ns": now - int(age_ms * 1e6)}, now, 2000)
+    return view_of(parse_scene({**(scene or SCENE), "captured_ns": now - int(age_ms * 1e6)}), now, 2000)
+
+
+def test_a_scene_that_breaks_the_contract_is_an_error_not_a_default() -> None:
+    broken = {k: v for k, v in SCENE.items() if k != "captured_ns"}
+    with pytest.raises(WireError, match="captured_ns") as e:
+        parse_scene(broken)
+    assert e.value.kind == "scene"
+    with pytest.raises(WireError, match="people"):
+        parse_scene({**SCENE, "people": [{"track_id": 1}]})
 
 
 def test_scene_summary_is_compact_and_honest() -> None:

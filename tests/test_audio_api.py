@@ -188,6 +188,21 @@ def test_say_plays_and_reports(audio_url: str, speaker_wav: Path) -> None:
     assert blocks and all(b2["start_ns"] >= b1["end_ns"] for b1, b2 in itertools.pairwise(blocks))
 
 
+def test_end_of_turn_marker_after_the_audio_played(audio_url: str) -> None:
+    """An empty `final` say (the agent's end-of-turn marker) after the turn's audio already played."""
+    events = Events(audio_url)
+    try:
+        httpx.post(audio_url + "/v1/say", json={"text": "Short one.", "turn_id": "mark-1"}).raise_for_status()
+        first = events.wait(lambda e: e["type"] == "playback_finished" and e["turn_id"] == "mark-1")
+        assert first["final"] is False and first["played_ms"] > 300
+        r = httpx.post(audio_url + "/v1/say", json={"text": "", "turn_id": "mark-1", "final": True})
+        assert r.status_code == 202 and r.json()["sentences"] == 0
+        marker = events.wait(lambda e: e["type"] == "playback_finished" and e["turn_id"] == "mark-1" and e["final"])
+        assert marker["played_ms"] == 0.0
+    finally:
+        events.close()
+
+
 def test_stop_interrupts_within_a_block(audio_url: str) -> None:
     events = Events(audio_url)
     try:

@@ -24,10 +24,11 @@ from audio.devices.wavfile import WavSink
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
 from audio.pcm import ASR_RATE, F32, resample, to_float32
-from audio.protocol import Event
 from audio.runtime import AudioRuntime, Models, load_models
 from audio.settings import AudioSettings
 from watus.core import metrics as m
+from watus.core.wire.audio import AudioEvent as Event
+from watus.core.wire.audio import SpeechStarted
 
 LONG_REPLY = ("Let me tell you a long story about the robot that lived in the kitchen. It watched the people, "
               "it listened to them, and it answered every question they had. Every morning it said hello.")
@@ -68,6 +69,7 @@ class Run:
     def __init__(self, runtime: AudioRuntime, events: list[Event]) -> None:
         self.runtime = runtime
         self.events = events
+        self.collector: asyncio.Task[None] | None = None
 
     def of(self, type_: str) -> list[Event]:
         return [e for e in self.events if e.type == type_]
@@ -86,10 +88,18 @@ async def start_run(models: Models, settings: AudioSettings, **kw: object) -> Ru
     metrics = AudioMetrics(m.new_registry())
     bus = EventBus(asyncio.get_running_loop())
     events: list[Event] = []
-    bus.add_listener(events.append)
-    runtime = AudioRuntime(settings, models, bus, metrics, **kw)  # type: ignore[arg-type]
-    await runtime.start()
-    return Run(runtime, events)
+    sub = bus.subscribe()  # what an SSE client of /v1/events receives
+
+    async def collect() -> None:
+        while not sub.ended:
+            ev = await sub.next(1.0)
+            if ev is not None:
+                events.append(ev)
+
+    run = Run(AudioRuntime(settings, models, bus, metrics, **kw), events)  # type: ignore[arg-type]
+    run.collector = asyncio.create_task(collect())
+    await run.runtime.start()
+    return run
 
 
 async def test_two_utterances_give_two_transcripts(models: Models, tmp_path: Path) -> None:
@@ -168,6 +178,27 @@ async def test_barge_in_stops_playback_within_one_block(models: Models, tmp_path
     assert len(after) <= 1, after  # at most the block that was already being handed over
     assert any("abort_ns" in b and b["abort_ns"] - requested <= 35e6 for b in timeline)
     assert not run.of("playback_finished")
+
+
+async def test_speech_is_only_reported_when_the_say_request_leaves_barge_in_to_the_caller(
+        models: Models, tmp_path: Path) -> None:
+    """The agent's say requests carry barge_in=false: the speaker reports the speech and keeps playing."""
+    mic = write_wav(tmp_path / "talk.wav", silence(2.0), speak(models, "Stop talking please, I have a question."),
+                    silence(1.0))
+    run = await start_run(models, _settings(mic_backend="file", mic_file=mic, speaker_block_ms=20),
+                          sink=WavSink(tmp_path / "speaker.wav", 22050))
+    try:
+        assert run.runtime.speaker is not None
+        await run.runtime.speaker.say(LONG_REPLY, models.voices.default, turn_id="reply-2", barge_in=False)
+        await run.wait(lambda e: e.type == "playback_started", 5)
+        speech = await run.wait(lambda e: e.type == "speech_started", 8)
+        await run.wait(lambda e: e.type == "transcript", 8)
+        talking = run.runtime.speaker.talking()
+    finally:
+        await run.runtime.close()
+    assert isinstance(speech, SpeechStarted) and speech.during_playback is True and speech.barge_in is False
+    assert talking  # still playing: stopping is the agent's decision
+    assert not [e for e in run.of("interrupted") if getattr(e, "reason", "") == "barge_in"]
 
 
 async def _echo_run(models: Models, tmp_path: Path, half_duplex: bool) -> Run:

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from audio.asr.models import WHISPER_BASE_MODEL_BYTES, prepare_whisper_base, resolve_asr_model
 from audio.events import EventBus
 from audio.pcm import AudioDecodeError, decode_upload, wav_bytes, wav_header
-from audio.protocol import event
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from audio.settings import AudioSettings
 from watus.core.sentences import speakable_pieces, split_first_clause, split_sentences
+from watus.core.wire.audio import MicEvent
 
 FRAME = 512
 RATE = 16_000
@@ -174,7 +174,7 @@ async def test_event_bus_drops_oldest_for_slow_client() -> None:
     bus = EventBus(asyncio.get_running_loop(), queue_size=8, on_drop=dropped.append)
     with bus.subscribe() as sub:
         for i in range(10):
-            bus.publish(event("mic", i))
+            bus.publish(MicEvent(t_ns=i, state="running"))
         first = await sub.next(1.0)
         assert first is not None and first.t_ns == 2
         assert sum(dropped) == 2

@@ -27,9 +27,10 @@ class AudioUnavailableError(Exception):
 
 
 class AudioClient:
-    def __init__(self, base_url: str, timeout_s: float, on_invalid: Callable[[WireError], None] | None = None) -> None:
+    def __init__(self, base_url: str, timeout_s: float, on_invalid: Callable[[WireError], None] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
         self._on_invalid = on_invalid
         self.connected = False
         self.last_error: str | None = None

@@ -1,0 +1,284 @@
+"""The voice loop as a state machine, driven by typed audio events (no processes).
+
+The loop owns each turn: these tests feed it the events the audio service would send and watch what it
+commands (say, stop) and what it records. The brain is a real pydantic-ai agent over a `FunctionModel`
+(the reply text is scripted), or over the real OpenAI client pointed at a port where nothing listens
+(the LLM failing); the speaker is a recorder standing in for the audio service's HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from tests.helpers import free_port
+from watus.agent.audio_client import AudioUnavailableError
+from watus.agent.brain import Session, build_agent
+from watus.agent.settings import AgentSettings
+from watus.agent.turnlog import TurnLog
+from watus.agent.turns import APOLOGY, BUG_APOLOGY
+from watus.agent.voice import VoiceLoop
+from watus.core.wire.audio import (
+    AudioEvent,
+    Interrupted,
+    PlaybackFinished,
+    PlaybackStarted,
+    SpeechStarted,
+    Transcript,
+    TtsAudio,
+)
+
+#: Generous: the loop reacts in microseconds; CI's 2 cores may be busy with other work.
+WAIT_S = 20.0
+
+
+@dataclass
+class Said:
+    text: str
+    turn_id: str
+    final: bool
+    sequential: bool
+
+
+@dataclass
+class RecordingSpeaker:
+    """Records the loop's commands; `fail` makes `say` raise as an unreachable audio service would."""
+
+    said: list[Said] = field(default_factory=list)
+    stops: int = 0
+    fail: bool = False
+
+    async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
+                  sequential: bool = False) -> dict[str, Any]:
+        if self.fail:
+            raise AudioUnavailableError("audio service not reachable (ConnectError)")
+        self.said.append(Said(text, turn_id, final, sequential))
+        return {"turn_id": turn_id, "sentences": 1, "queue_depth": 1}
+
+    async def stop(self) -> None:
+        self.stops += 1
+
+    async def events(self) -> AsyncIterator[AudioEvent]:  # the tests call handle() themselves
+        if False:
+            yield
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def transcript(turn_id: str, text: str, t0_ns: int | None = None) -> Transcript:
+    now = time.monotonic_ns()
+    t0 = t0_ns if t0_ns is not None else now - 80_000_000
+    return Transcript(t_ns=now, turn_id=turn_id, text=text, language="en", t0_ns=t0,
+                      speech_started_ns=t0 - 1_500_000_000, speech_end_captured_ns=t0 - 512_000_000,
+                      audio_start_s=1.0, audio_end_s=2.5, stages_ms={"asr": 60.0, "end_silence": 512.0})
+
+
+def scripted(*deltas: str, hold: asyncio.Event | None = None, closed: list[bool] | None = None,
+             raise_: BaseException | None = None) -> FunctionModel:
+    """A model whose reply streams `deltas`, then (with `hold`) waits; `closed` learns when it was closed."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        try:
+            for d in deltas:
+                yield d
+            if raise_ is not None:
+                raise raise_
+            if hold is not None:
+                await hold.wait()
+        finally:
+            if closed is not None:
+                closed.append(True)
+
+    return FunctionModel(stream_function=stream)
+
+
+def make_loop(tmp_path: Path, model: Any = None, settings: AgentSettings | None = None,
+              speaker: RecordingSpeaker | None = None) -> tuple[VoiceLoop, RecordingSpeaker, TurnLog]:
+    settings = settings or AgentSettings()
+    speaker = speaker or RecordingSpeaker()
+    turn_log = TurnLog(tmp_path / "turns.jsonl")
+    loop = VoiceLoop(settings, build_agent(settings, model), Session("s", 3), None, speaker, turn_log)
+    return loop, speaker, turn_log
+
+
+async def play_out(loop: VoiceLoop, turn_id: str, played_ms: float = 900.0) -> tuple[int, int]:
+    """What the audio service reports while it plays a turn's reply: first audio, playback, the end."""
+    first = time.monotonic_ns()
+    await loop.handle(TtsAudio(t_ns=first, turn_id=turn_id, first_audio_ms=70.0))
+    start = time.monotonic_ns()
+    await loop.handle(PlaybackStarted(t_ns=start, turn_id=turn_id, first_audio_ms=75.0))
+    await loop.handle(PlaybackFinished(t_ns=time.monotonic_ns(), turn_id=turn_id, played_ms=played_ms, final=True))
+    return first, start
+
+
+async def test_a_normal_turn_speaks_each_sentence_and_records_every_stage(tmp_path: Path) -> None:
+    model = scripted("Hello there. ", "I can hear you", " well. Nice to meet you!")
+    loop, speaker, turn_log = make_loop(tmp_path, model)
+    ev = transcript("turn-1", "Hello robot")
+    await loop.handle(ev)
+    assert loop.current_turn == "turn-1"
+    await until(lambda: any(s.final for s in speaker.said), "the final sentence")
+    assert [(s.text, s.final) for s in speaker.said] == [
+        ("Hello there.", False), ("I can hear you well.", False), ("Nice to meet you!", True)]
+    assert {s.turn_id for s in speaker.said} == {"turn-1"} and not any(s.sequential for s in speaker.said)
+    assert loop.turns_done == 0  # still playing: the turn is not over until its last text has played
+    _, start = await play_out(loop, "turn-1")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    (rec,) = turn_log.read()
+    assert rec["turn_id"] == "turn-1" and rec["transcript"] == "Hello robot"
+    assert rec["reply"] == "Hello there. I can hear you well. Nice to meet you!"
+    assert rec["interrupted"] is False and rec["error"] is None
+    order = ["speech_end", "asr_done", "scene_fetched", "llm_first_token", "first_sentence", "tts_first_audio",
+             "playback_start", "playback_end"]
+    assert list(rec["t_ns"]) == order
+    assert all(rec["t_ns"][a] <= rec["t_ns"][b] for a, b in itertools.pairwise(order))
+    assert rec["t_ns"]["speech_end"] == ev.t0_ns and rec["t_ns"]["asr_done"] == ev.t_ns
+    assert rec["e2e_ms"] == round((start - ev.t0_ns) / 1e6, 2)
+    assert rec["perceived_ms"] == round((start - (ev.t0_ns - 512_000_000)) / 1e6, 2)
+    assert rec["audio_ms"] == {"asr": 60.0, "end_silence": 512.0}
+    assert loop.current_turn is None
+    assert len(loop.session.history) == 2  # question and answer remembered
+
+
+async def test_barge_in_during_the_first_sentence_closes_the_llm_stream_and_stops_playback(tmp_path: Path) -> None:
+    hold, closed = asyncio.Event(), []
+    model = scripted("Let me tell you a long story. ", "Once upon", " a time", hold=hold, closed=closed)
+    loop, speaker, turn_log = make_loop(tmp_path, model)
+    await loop.handle(transcript("turn-2", "Tell me a story"))
+    await until(lambda: len(speaker.said) == 1, "the first sentence")
+    await loop.handle(PlaybackStarted(t_ns=time.monotonic_ns(), turn_id="turn-2", first_audio_ms=70.0))
+    now = time.monotonic_ns()
+    await loop.handle(SpeechStarted(t_ns=now, audio_s=3.0, captured_ns=now - 200_000_000, during_playback=True))
+    assert speaker.stops == 1  # commanded at once, before the turn's task even unwinds
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    assert closed == [True]  # the LLM stream was closed, not left to the garbage collector
+    assert not hold.is_set()
+    (rec,) = turn_log.read()
+    assert rec["interrupted"] is True and rec["interrupt_reason"] == "speech while speaking"
+    assert rec["error"] is None and [s.text for s in speaker.said] == ["Let me tell you a long story."]
+    assert loop.session.history == []  # an abandoned reply is not remembered
+    # The audio service then reports the stop the agent asked for: nothing more happens.
+    await loop.handle(Interrupted(t_ns=time.monotonic_ns(), turn_id="turn-2", reason="stop", played_ms=300.0))
+    assert speaker.stops == 1 and loop.turns_done == 1
+
+
+async def test_a_new_utterance_while_thinking_replaces_the_turn(tmp_path: Path) -> None:
+    hold, closed = asyncio.Event(), []
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("Hmm", hold=hold, closed=closed))
+    await loop.handle(transcript("turn-a", "What is"))
+    await until(lambda: loop.current_turn == "turn-a" and "llm_first_token" in loop._turns["turn-a"].record.t_ns,
+                "the first token")
+    loop._agent = build_agent(AgentSettings(), scripted("Sure."))
+    await loop.handle(transcript("turn-b", "What is the time?"))
+    assert loop.current_turn == "turn-b"
+    assert speaker.stops == 0  # nothing was playing: no stop command needed
+    await until(lambda: any(s.final for s in speaker.said), "the second reply")
+    await play_out(loop, "turn-b")
+    await until(lambda: loop.turns_done == 2, "both records")
+    first, second = turn_log.read()
+    assert first["turn_id"] == "turn-a" and first["interrupted"] and first["interrupt_reason"] == "new utterance"
+    assert second["turn_id"] == "turn-b" and second["reply"] == "Sure." and not second["interrupted"]
+    assert closed == [True]
+
+
+async def test_the_llm_failing_is_apologised_for(tmp_path: Path) -> None:
+    # The real OpenAI client, pointed at a port where nothing listens.
+    settings = AgentSettings(llm_url=f"http://127.0.0.1:{free_port()}", llm_timeout_s=5)
+    loop, speaker, turn_log = make_loop(tmp_path, settings=settings)
+    await loop.handle(transcript("turn-3", "Are you there?"))
+    await until(lambda: bool(speaker.said), "the apology")
+    assert [(s.text, s.final) for s in speaker.said] == [(APOLOGY["en"], True)]
+    await play_out(loop, "turn-3")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    (rec,) = turn_log.read()
+    assert rec["error"].startswith("LLM: ") and "Connection" in rec["error"]
+    assert rec["reply"] == APOLOGY["en"] and rec["e2e_ms"] is not None
+
+
+async def test_an_agent_bug_is_not_blamed_on_the_llm(tmp_path: Path) -> None:
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("Hi", raise_=KeyError("oops")))
+    await loop.handle(transcript("turn-4", "Hello"))
+    await until(lambda: bool(speaker.said), "the apology")
+    assert [s.text for s in speaker.said] == [BUG_APOLOGY["en"]]
+    await play_out(loop, "turn-4")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    (rec,) = turn_log.read()
+    assert rec["error"].startswith("agent: KeyError") and "LLM" not in rec["error"]
+
+
+async def test_audio_away_records_the_error_and_the_next_turn_works(tmp_path: Path) -> None:
+    speaker = RecordingSpeaker(fail=True)
+    loop, _, turn_log = make_loop(tmp_path, scripted("Fine, thanks. ", "And you?"), speaker=speaker)
+    await loop.handle(transcript("turn-5", "How are you?"))
+    await until(lambda: loop.turns_done == 1, "the failed turn's record")
+    speaker.fail = False
+    await loop.handle(transcript("turn-6", "How are you?"))
+    await until(lambda: any(s.final for s in speaker.said), "the reply")
+    await play_out(loop, "turn-6")
+    await until(lambda: loop.turns_done == 2, "the second record")
+    failed, ok = turn_log.read()
+    assert failed["error"].startswith("audio: ") and "not reachable" in failed["error"]
+    assert ok["error"] is None and ok["reply"] == "Fine, thanks. And you?"
+
+
+async def test_the_end_of_turn_marker_when_the_last_sentence_went_out_early(tmp_path: Path) -> None:
+    # A reply with no final punctuation cut at the length limit: the cutter releases everything while
+    # streaming, so the loop sends an empty `final` say as the end-of-turn marker.
+    settings = AgentSettings(sentence_max_chars=20)
+    loop, speaker, _turn_log = make_loop(tmp_path, scripted("aaaa bbbb cccc dddd eeee ffff gggg hhhh "),
+                                        settings=settings)
+    await loop.handle(transcript("turn-7", "Say letters"))
+    await until(lambda: any(s.final for s in speaker.said), "the end marker")
+    assert speaker.said[-1].text == "" and speaker.said[-1].final
+    assert all(s.text and not s.final for s in speaker.said[:-1])
+    await play_out(loop, "turn-7")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+
+
+async def test_sequential_pipeline_says_the_whole_reply_once(tmp_path: Path) -> None:
+    settings = AgentSettings(pipeline="sequential")
+    loop, speaker, _turn_log = make_loop(tmp_path, scripted("One. ", "Two. ", "Three."), settings=settings)
+    await loop.handle(transcript("turn-8", "Count"))
+    await until(lambda: bool(speaker.said), "the reply")
+    assert [(s.text, s.final, s.sequential) for s in speaker.said] == [("One. Two. Three.", True, True)]
+    await play_out(loop, "turn-8")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    assert json.loads((tmp_path / "turns.jsonl").read_text())["mode"] == "sequential"
+
+
+async def test_the_turn_log_write_failing_does_not_end_the_loop(tmp_path: Path) -> None:
+    loop, speaker, _ = make_loop(tmp_path, scripted("Ok."))
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    loop._log = TurnLog(blocker / "turns.jsonl")  # its folder cannot be made
+    await loop.handle(transcript("turn-9", "Hi"))
+    await until(lambda: bool(speaker.said), "the reply")
+    await play_out(loop, "turn-9")
+    await until(lambda: loop.turns_done == 1, "the turn to finish")
+    assert loop.current_turn is None
+
+
+@pytest.mark.parametrize("during_playback", [False, True])
+async def test_speech_without_a_turn_commands_nothing(tmp_path: Path, during_playback: bool) -> None:
+    loop, speaker, _ = make_loop(tmp_path, scripted("Ok."))
+    now = time.monotonic_ns()
+    await loop.handle(SpeechStarted(t_ns=now, audio_s=1.0, captured_ns=now, during_playback=during_playback))
+    await loop.handle(Transcript(t_ns=now, turn_id="blank", text="  ", t0_ns=now, speech_started_ns=now,
+                                 audio_start_s=0.0, audio_end_s=0.1))
+    assert speaker.stops == 0 and speaker.said == [] and loop.current_turn is None
