@@ -63,7 +63,7 @@ async def _load(app: FastAPI, settings: AudioSettings, preloaded: Models | None,
         log.info("audio service ready on %s:%d", settings.host, settings.port)
     except Exception as e:
         app.state.load_error = str(e)
-        log.error("could not start the audio service: %s", e)
+        log.exception("could not start the audio service: %s", e)
         callback = app.state.on_load_failure
         if callback is not None:
             callback(e)

@@ -181,7 +181,7 @@ async def speech(state: AudioState, req: SpeechRequest, headers: dict[str, str])
             if first and req.response_format == "wav":
                 yield wav_header(rate, n_bytes=0)  # nothing speakable (punctuation only): an empty WAV
         except Exception as e:  # after the first byte an error can only end the stream
-            log.error("speech synthesis failed mid-stream: %s", e)
+            log.exception("speech synthesis failed mid-stream: %s", e)
             return
 
     media = "audio/wav" if req.response_format == "wav" else "audio/pcm"

@@ -201,7 +201,7 @@ class SpeakQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed synthesis drops that text; the queue goes on
-                log.error("synthesis for turn %s failed: %s", job.turn_id, e)
+                log.exception("synthesis for turn %s failed: %s", job.turn_id, e)
                 self._play.put(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False))
 
     def _canceller(self, job: _Job) -> Callable[[], bool]:

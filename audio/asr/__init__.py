@@ -14,5 +14,6 @@ def select_asr(settings: AudioSettings) -> AsrEngine:
     if settings.asr_engine is AsrEngineKind.faster_whisper:
         from audio.asr.faster_whisper import FasterWhisperEngine
 
-        return FasterWhisperEngine(settings)
+        return FasterWhisperEngine(settings.asr_model, settings.model_cache_dir, device=settings.asr_device,
+                                   compute_type=settings.asr_compute_type, threads=settings.asr_threads)
     raise ValueError(f"unknown ASR engine {settings.asr_engine}")  # pragma: no cover - enum is exhaustive

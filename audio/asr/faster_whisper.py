@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,6 @@ from audio.asr.base import (
 )
 from audio.asr.models import resolve_asr_model
 from audio.pcm import F32
-from audio.settings import AudioSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def language_codes() -> frozenset[str]:
 class FasterWhisperEngine:
     name = "faster_whisper"
 
-    def __init__(self, settings: AudioSettings) -> None:
-        self._settings = settings
-        self.path, self.model_id = resolve_asr_model(settings.asr_model, settings.model_cache_dir)
+    def __init__(self, model: str, cache_dir: Path, *, device: str, compute_type: str, threads: int) -> None:
+        self.path, self.model_id = resolve_asr_model(model, cache_dir)
+        self._device, self._compute_type, self._threads = device, compute_type, threads
         self.multilingual = False
         self._model: Any = None
 
@@ -50,15 +50,14 @@ class FasterWhisperEngine:
             raise AsrNotInstalledError("faster-whisper is not installed: pip install 'watus[audio]'") from e
         # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise for a service.
         logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.getLogger().level))
-        s = self._settings
         try:
-            self._model = WhisperModel(str(self.path), device=s.asr_device, compute_type=s.asr_compute_type,
-                                       cpu_threads=s.asr_threads, num_workers=1)
+            self._model = WhisperModel(str(self.path), device=self._device, compute_type=self._compute_type,
+                                       cpu_threads=self._threads, num_workers=1)
         except (RuntimeError, ValueError, OSError) as e:
             raise AsrError(f"could not load the ASR model {self.path}: {e}") from e
         self.multilingual = bool(self._model.model.is_multilingual)
-        log.info("ASR %s loaded from %s (%s/%s, multilingual=%s)", self.model_id, self.path, s.asr_device,
-                 s.asr_compute_type, self.multilingual)
+        log.info("ASR %s loaded from %s (%s/%s, multilingual=%s)", self.model_id, self.path, self._device,
+                 self._compute_type, self.multilingual)
 
     def ready(self) -> bool:
         return self._model is not None

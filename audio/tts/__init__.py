@@ -36,7 +36,8 @@ def select_tts(settings: AudioSettings) -> list[TtsEngine]:
         return [EspeakEngine(settings.tts_espeak_voice)]
     from audio.tts.piper import PiperEngine
 
-    engines: list[TtsEngine] = [PiperEngine(settings)]
+    engines: list[TtsEngine] = [PiperEngine(settings.tts_voice_path, threads=settings.tts_threads,
+                                                 use_cuda=settings.tts_use_cuda)]
     if settings.tts_espeak:
         if shutil.which("espeak-ng"):
             engines.append(EspeakEngine(settings.tts_espeak_voice))

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from audio.pcm import I16
-from audio.settings import AudioSettings
 from audio.tts.base import TtsError, TtsNotInstalledError, VoiceNotFoundError
 
 log = logging.getLogger(__name__)
@@ -32,9 +31,10 @@ def bundled_voice_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_voice_path(settings: AudioSettings) -> Path:
-    if settings.tts_voice_path is not None:
-        path = settings.tts_voice_path.expanduser()
+def resolve_voice_path(voice_path: Path | None) -> Path:
+    """The voice file the setting names (`WATUS_AUDIO_TTS_VOICE_PATH`), else the bundled one."""
+    if voice_path is not None:
+        path = voice_path.expanduser()
         config = Path(str(path) + ".json")
         if not path.is_file() or not config.is_file():
             raise VoiceNotFoundError(f"piper voice not found: {path} (and {config.name} beside it) "
@@ -57,10 +57,10 @@ def voice_names(path: Path) -> list[str]:
 class PiperEngine:
     name = "piper"
 
-    def __init__(self, settings: AudioSettings) -> None:
-        self.path = resolve_voice_path(settings)
-        self._use_cuda = settings.tts_use_cuda
-        self._threads = settings.tts_threads
+    def __init__(self, voice_path: Path | None = None, *, threads: int = 1, use_cuda: bool = False) -> None:
+        self.path = resolve_voice_path(voice_path)
+        self._use_cuda = use_cuda
+        self._threads = threads
         self._voice: Any = None
         self.sample_rate = 22050
         self._names = voice_names(self.path)
