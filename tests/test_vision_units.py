@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,9 +19,10 @@ from vision.detector.base import Detections, class_filter
 from vision.detector.yolo import decode, letterbox
 from vision.errors import BadImageError, ModelLoadError, TooLargeError, UnsupportedImageError
 from vision.faces import FaceObservation
+from vision.grabber import FrameGrabber, SourceError
 from vision.images import decode_image, image_info
 from vision.settings import DetectorBackend, SourceKind, VisionSettings
-from vision.sources import FrameGrabber, SourceError, source_kind
+from vision.sources import CaptureSource, FolderSource, source_factory, source_kind
 from vision.tracking import FaceState, IouTracker, iou_matrix
 
 
@@ -106,8 +109,6 @@ def test_class_filter_names_unknown_classes() -> None:
 
 
 def test_backend_chosen_by_suffix() -> None:
-    from pathlib import Path
-
     assert backend_for(Path("m.onnx")) is DetectorBackend.onnxruntime
     assert backend_for(Path("m.engine")) is DetectorBackend.ultralytics
     assert backend_for(Path("m.pt")) is DetectorBackend.ultralytics
@@ -145,7 +146,7 @@ def test_tracker_keeps_ids_of_moving_boxes_and_expires_lost_ones() -> None:
 
 def test_faces_due_every_nth_frame_and_limited_per_frame() -> None:
     tracker = IouTracker()
-    boxes = [[0, 0, 50, 100], [100, 0, 150, 100], [200, 0, 250, 100]]
+    boxes: list[list[float]] = [[0, 0, 50, 100], [100, 0, 150, 100], [200, 0, 250, 100]]
     due_per_frame = []
     for _ in range(12):
         ids = tracker.update(_dets(boxes))
@@ -333,3 +334,37 @@ def test_empty_file_backs_off_instead_of_spinning() -> None:
         assert grabber.status().last_error == "fake source gave no frames"
     finally:
         grabber.stop()
+
+
+class CrashingSource(FakeSource):
+    """A live source whose decoder raises (a driver bug, not a clean end of stream)."""
+
+    def read(self) -> NDArray[np.uint8] | None:
+        if self.reads >= 2:
+            raise RuntimeError("decoder crashed")
+        return super().read()
+
+
+def test_crashing_read_is_logged_with_traceback_and_reopened(caplog: pytest.LogCaptureFixture) -> None:
+    opens: list[float] = []
+    grabber = FrameGrabber(lambda: CrashingSource(10**9, finite=False, opens=opens), reconnect_min_s=0.05,
+                           reconnect_max_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="vision.grabber"):
+        grabber.start()
+        try:
+            _wait(lambda: len(opens) >= 2)
+            assert grabber.status().last_error == "fake source: decoder crashed"
+        finally:
+            grabber.stop()
+    crashes = [r for r in caplog.records if r.exc_info and "decoder crashed" in r.getMessage()]
+    assert crashes and crashes[0].exc_info is not None and crashes[0].exc_info[0] is RuntimeError
+
+
+def test_source_factory_builds_the_kind_with_its_values(tmp_path: Path) -> None:
+    folder = source_factory(str(tmp_path))()
+    assert isinstance(folder, FolderSource) and folder.folder == tmp_path
+    camera = source_factory("2", camera_width=320, camera_height=240, camera_fps=15)()
+    assert isinstance(camera, CaptureSource) and camera.kind == "camera" and camera.target == "2"
+    assert camera._size == (320, 240) and camera._fps == 15
+    video = source_factory(" 7 ", SourceKind.file)()
+    assert isinstance(video, CaptureSource) and video.kind == "file" and video.finite

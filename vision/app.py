@@ -32,15 +32,18 @@ from vision.errors import (
     OverloadedError,
     StaleSceneError,
     TooLargeError,
+    VisionError,
     install_error_handlers,
 )
 from vision.faces import FaceAnalyzer
+from vision.grabber import FrameGrabber, FrameSource
 from vision.images import decode_image
 from vision.metrics import VisionMetrics
 from vision.pipeline import Pipeline, PipelineConfig, Published, SceneBoard, analyze_image
 from vision.protocol import Health, Scene, SourceHealth
 from vision.settings import VisionSettings
-from vision.sources import FrameGrabber, FrameSource, lower_priority, source_factory
+from vision.sources import source_factory
+from vision.threads import lower_priority
 from watus.core import metrics as m
 from watus.core.memwatch import SwapWatch
 
@@ -54,7 +57,6 @@ _MULTIPART_SLACK = 64 * 1024
 
 @dataclass
 class VisionState:
-    settings: VisionSettings
     detector: Detector
     faces: FaceAnalyzer | None
     grabber: FrameGrabber
@@ -98,7 +100,10 @@ async def _load(app: FastAPI, settings: VisionSettings, factory: Callable[[], Fr
         detector, faces = await asyncio.to_thread(load_models, settings)
         loaded = detector
         metrics: VisionMetrics = app.state.metrics
-        grabber = FrameGrabber(factory or source_factory(settings), loop=settings.loop, pace_fps=settings.source_fps,
+        make_source = factory or source_factory(settings.source, settings.source_kind,
+                                                camera_width=settings.camera_width,
+                                                camera_height=settings.camera_height, camera_fps=settings.camera_fps)
+        grabber = FrameGrabber(make_source, loop=settings.loop, pace_fps=settings.source_fps,
                                reconnect_min_s=settings.reconnect_min_s, reconnect_max_s=settings.reconnect_max_s,
                                on_drop=metrics.dropped.inc, on_reconnect=metrics.reconnects.inc,
                                nice=settings.worker_nice)
@@ -111,20 +116,28 @@ async def _load(app: FastAPI, settings: VisionSettings, factory: Callable[[], Fr
         pipeline = Pipeline(grabber, detector, faces, config, board, metrics, settings.source)
         grabber.start()
         pipeline.start()
-        app.state.vision = VisionState(settings, detector, faces, grabber, pipeline, board,
+        app.state.vision = VisionState(detector, faces, grabber, pipeline, board,
                                        ThreadPoolExecutor(1, thread_name_prefix="vision-upload",
                                                           initializer=lower_priority,
                                                           initargs=(settings.worker_nice,)))
         log.info("vision ready in %.1f s: %s, faces %s, source %s", time.perf_counter() - started, detector.info(),
                  "on" if faces else "off", settings.source)
-    except Exception as e:
-        app.state.load_error = str(e)
+    except VisionError as e:  # a missing or unloadable model: one line that says what to do
         log.error("could not start the vision pipeline: %s", e)
-        if loaded is not None:
-            loaded.close()
-        callback = app.state.on_load_failure
-        if callback is not None:
-            callback(e)
+        _load_failed(app, e, loaded)
+    except Exception as e:  # anything else is a bug: keep its traceback
+        log.exception("could not start the vision pipeline")
+        _load_failed(app, e, loaded)
+
+
+def _load_failed(app: FastAPI, error: Exception, loaded: Detector | None) -> None:
+    """Report the error on /health, free the detector if it loaded, and tell the server (it stops)."""
+    app.state.load_error = str(error)
+    if loaded is not None:
+        loaded.close()
+    callback = app.state.on_load_failure
+    if callback is not None:
+        callback(error)
 
 
 def get_state(request: Request) -> VisionState:

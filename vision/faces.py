@@ -33,7 +33,6 @@ DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 #: Mean RGB of the age/gender training chips (the package's manifest.json); values are (x − mean) / 256.
 _MEAN_RGB = np.array([122.782, 117.001, 104.298], np.float32)
 _AGE_BINS = np.array([0.25, *range(1, 81)], np.float32)
-_GENDERS = ("female", "male")
 _CHIP_PADDING = 0.2
 _EMOTION_MARGIN = 0.4
 #: Longest side of the head region the cascade searches (px): cost grows with the area.
@@ -179,11 +178,6 @@ class FaceAnalyzer:
         frame = np.full((240, 320, 3), 127, np.uint8)
         self.find_face(frame, np.array([0, 0, 320, 240], np.float32))
         self.classify(frame, np.array([100, 60, 180, 140], np.float32))
-
-    @staticmethod
-    def gender_label(probs: NDArray[np.float32]) -> tuple[str, float]:
-        i = int(np.argmax(probs))
-        return _GENDERS[i], float(probs[i])
 
     def close(self) -> None:
         self._cascade = self._age = self._gender = self._emotion = None

@@ -20,9 +20,10 @@ from numpy.typing import NDArray
 
 from vision.detector.base import Detections, Detector
 from vision.faces import FaceAnalyzer
+from vision.grabber import Frame, FrameGrabber
 from vision.metrics import VisionMetrics
 from vision.protocol import AgeEstimate, Box, DetectedObject, LabelScore, Person, Scene, StageTimings
-from vision.sources import Frame, FrameGrabber, lower_priority
+from vision.threads import lower_priority
 from vision.tracking import FaceState, IouTracker
 
 log = logging.getLogger(__name__)

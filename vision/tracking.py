@@ -68,8 +68,6 @@ class Track:
     id: int
     class_id: int
     box: NDArray[np.float32]
-    score: float
-    hits: int = 1
     missed: int = 0
     face: FaceState = field(default_factory=FaceState)
 
@@ -100,8 +98,7 @@ class IouTracker:
                 if ti in used_tracks or ids[di] is not None:
                     continue
                 track = track_list[ti]
-                track.box, track.score = dets.boxes[di].copy(), float(dets.scores[di])
-                track.hits += 1
+                track.box = dets.boxes[di].copy()
                 track.missed = 0
                 used_tracks.add(int(ti))
                 ids[di] = track.id
@@ -116,7 +113,7 @@ class IouTracker:
             if tid is None:
                 tid = self._next_id
                 self._next_id += 1
-                self.tracks[tid] = Track(tid, int(dets.class_ids[di]), dets.boxes[di].copy(), float(dets.scores[di]))
+                self.tracks[tid] = Track(tid, int(dets.class_ids[di]), dets.boxes[di].copy())
             out.append(tid)
         return out
 

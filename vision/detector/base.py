@@ -7,7 +7,7 @@ pipeline run a TensorRT engine on the robot and ONNX Runtime on a laptop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -52,7 +52,6 @@ class DetectTimings:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     postprocess_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -61,9 +60,6 @@ class Detector(Protocol):
 
     @property
     def names(self) -> dict[int, str]: ...
-
-    @property
-    def input_size(self) -> int: ...
 
     def load(self) -> None: ...
 

@@ -39,10 +39,6 @@ class OnnxDetector:
     def names(self) -> dict[int, str]:
         return self._names
 
-    @property
-    def input_size(self) -> int:
-        return self._size
-
     def load(self) -> None:
         if not self.path.is_file():
             raise ModelMissingError(f"detector model not found: {self.path} (WATUS_VISION_DETECTOR_MODEL); run "

@@ -37,10 +37,6 @@ class UltralyticsDetector:
     def names(self) -> dict[int, str]:
         return self._names
 
-    @property
-    def input_size(self) -> int:
-        return self.config.image_size
-
     def load(self) -> None:
         if not self.path.exists():
             raise ModelMissingError(f"detector model not found: {self.path} (WATUS_VISION_DETECTOR_MODEL); run "

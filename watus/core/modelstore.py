@@ -8,10 +8,9 @@ same version and every output still has its recorded checksum, so `watus models 
 nothing the second time, and a truncated or edited file is rebuilt.
 
 Some steps need tools the run-time services must not carry (torch and ultralytics for the YOLO → ONNX
-export: 1.6 GB). Those tools go into a separate *tool environment* (`<cache>/.toolenv`, a venv made
-by setup with pip), so the services' own environment never holds torch; or into an interpreter the
-user names (`WATUS_MODELS_TOOL_PYTHON`, e.g. the Jetson's system Python with NVIDIA's torch). A step
-says which pip requirements it needs; the tool environment gets the union for the steps that run.
+export): a step says which pip requirements it needs, and they go into a separate *tool environment*
+(`watus.core.toolenv`). The cache folder, checksums and manifest are `watus.core.modelcache`; this
+module holds the steps and runs them, and re-exports the names of both, so callers import one module.
 
 This module knows no service: each service declares its steps in its own `modelsetup` module
 (`setup_steps() -> list[SetupStep]`), and the CLI (`watus.cli.models`, the top layer) collects them and
@@ -28,60 +27,51 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
-import os
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from watus.core.modelcache import (
+    MANIFEST,
+    ModelStoreSettings,
+    SetupError,
+    atomic_copy,
+    cache_dir,
+    expected_sha256,
+    load_manifest,
+    save_manifest,
+    sha256_file,
+    verify_file,
+)
+from watus.core.toolenv import TOOL_ENV, ToolEnv
 
-from watus.core.config import WatusSettings
+__all__ = [
+    "MANIFEST",
+    "TOOL_ENV",
+    "ModelStoreSettings",
+    "ProgressFn",
+    "SetupError",
+    "SetupStep",
+    "StepContext",
+    "StepResult",
+    "StepState",
+    "ToolEnv",
+    "atomic_copy",
+    "cache_dir",
+    "expected_sha256",
+    "load_manifest",
+    "run_setup",
+    "save_manifest",
+    "select_steps",
+    "sha256_file",
+    "step_state",
+    "verify_file",
+]
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-TOOL_ENV = ".toolenv"
-_TOOL_MARKER = "watus-tool-requirements.json"
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "watus" / "models"
-
-
-class ModelStoreSettings(WatusSettings):
-    """Where prepared models live and how setup gets its export tools (prefix `WATUS_MODELS_`)."""
-
-    model_config = SettingsConfigDict(env_prefix="WATUS_MODELS_")
-
-    cache_dir: Path = Field(default_factory=_default_cache_dir,
-                            description="Folder of every prepared model file (default: "
-                            "$XDG_CACHE_HOME/watus/models, else ~/.cache/watus/models).")
-    tool_python: Path | None = Field(
-        None, description="Python that already has the export tools (torch, ultralytics), e.g. the Jetson's "
-        "system Python. Empty: setup makes its own tool venv in <cache>/.toolenv with pip.")
-    pip_args: str = Field("", description="Extra arguments for the pip that fills the tool venv, e.g. "
-                          "`--index-url https://download.pytorch.org/whl/cpu` to get CPU-only torch.")
-
-
-def cache_dir() -> Path:
-    """The configured cache folder (not created)."""
-    return ModelStoreSettings().cache_dir.expanduser()
-
-
-class SetupError(Exception):
-    """A step failed; the message says what to do."""
 
 
 @dataclass
@@ -142,56 +132,6 @@ def select_steps(steps: Iterable[SetupStep], only: Sequence[str] = ()) -> list[S
     return [s for s in steps if s.name in only or s.group in only]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Checksums and the manifest
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy so that `dst` is either absent or complete (a crash never leaves half a model)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; models are read by service users too
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def verify_file(path: Path, sha256: str, what: str) -> None:
-    """Raise SetupError when the file's checksum is not the expected one."""
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise SetupError(f"{what} ({path}) has sha256 {actual}, expected {sha256}: the source package changed; "
-                         "reinstall the pinned version or update the recipe")
-
-
-def load_manifest(cache: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((cache / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"steps": {}}
-    if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
-        return {"steps": {}}
-    return data
-
-
-def _save_manifest(cache: Path, manifest: dict[str, Any]) -> None:
-    tmp = cache / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, cache / MANIFEST)
-
-
 @dataclass(frozen=True)
 class StepState:
     """Where one step stands: `ok`, `missing` (never ran or outputs gone), `changed` (checksum
@@ -227,129 +167,6 @@ def step_state(step: SetupStep, cache: Path, manifest: dict[str, Any] | None = N
         if verify and sha256_file(path) != recorded.get("sha256"):
             return StepState(step, "changed", f"{rel} has another checksum", outputs)
     return StepState(step, "ok", "", outputs)
-
-
-def expected_sha256(relative: str, cache: Path | None = None) -> str | None:
-    """The checksum setup recorded for a cache file, or None (services may warn on a mismatch)."""
-    cache = cache or cache_dir()
-    for entry in load_manifest(cache)["steps"].values():
-        rec = (entry.get("outputs") or {}).get(relative) if isinstance(entry, dict) else None
-        if rec:
-            return str(rec.get("sha256"))
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------
-# The tool environment
-
-
-class ToolEnv:
-    """The interpreter that runs export tools: a venv in the cache made on first use, or a given one."""
-
-    def __init__(self, cache: Path, settings: ModelStoreSettings, steps: Sequence[SetupStep], log_path: Path) -> None:
-        self.cache = cache
-        self.settings = settings
-        self.requirements = sorted({r for s in steps for r in s.tool_requirements})
-        self.no_deps = sorted({r for s in steps for r in s.tool_requirements_no_deps})
-        self.log_path = log_path
-        self._python: Path | None = None
-
-    @property
-    def venv_dir(self) -> Path:
-        return self.cache / TOOL_ENV
-
-    @property
-    def packages_dir(self) -> Path:
-        """Where `--no-deps` packages go for a user-given interpreter (put on its PYTHONPATH)."""
-        return self.cache / ".toolpkgs"
-
-    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False",
-               "YOLO_CONFIG_DIR": str(self.cache / ".yolo-config"), "PYTHONNOUSERSITE": "1",
-               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        if self.settings.tool_python is not None and self.packages_dir.is_dir():
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.packages_dir), env.get("PYTHONPATH")) if p)
-        return {**env, **(extra or {})}
-
-    def run(self, cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout_s: float = 1800) -> str:
-        """Run a command, appending its output to the setup log; SetupError with the tail on failure."""
-        with open(self.log_path, "a", encoding="utf-8") as logf:
-            logf.write(f"\n$ {shlex.join(cmd)}\n")
-            logf.flush()
-            try:
-                proc = subprocess.run(cmd, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, timeout=timeout_s, check=False)
-            except subprocess.TimeoutExpired as e:
-                raise SetupError(f"`{shlex.join(cmd[:4])} ...` ran over {timeout_s:.0f} s; see {self.log_path}") from e
-            except OSError as e:
-                raise SetupError(f"could not run {cmd[0]}: {e}") from e
-            logf.write(proc.stdout)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.strip().splitlines()[-8:])
-            raise SetupError(f"`{shlex.join(cmd[:4])} ...` failed ({proc.returncode}); see {self.log_path}:\n{tail}")
-        return proc.stdout
-
-    def python(self) -> Path:
-        if self._python is None:
-            self._python = self._given() if self.settings.tool_python is not None else self._venv()
-        return self._python
-
-    def _pip(self, python: Path) -> list[str]:
-        return [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                *shlex.split(self.settings.pip_args)]
-
-    def _given(self) -> Path:
-        python = self.settings.tool_python
-        assert python is not None
-        python = python.expanduser()
-        if not python.exists():
-            raise SetupError(f"tool Python not found: {python} (WATUS_MODELS_TOOL_PYTHON)")
-        check = "import torch, ultralytics"
-        try:
-            self.run([str(python), "-c", check])
-        except SetupError as e:
-            raise SetupError(f"{python} (WATUS_MODELS_TOOL_PYTHON) cannot `{check}`: install torch and ultralytics "
-                             "there, or unset the setting to let setup make its own tool venv") from e
-        if self.no_deps:
-            # Into a folder of our own: the user's interpreter may not be ours to change.
-            self.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps",
-                      "--upgrade", "--target", str(self.packages_dir), *self.no_deps])
-        return python
-
-    def _venv(self) -> Path:
-        venv = self.venv_dir
-        python = venv / "bin" / "python"
-        marker = venv / _TOOL_MARKER
-        try:
-            have = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            have = {}
-        want_req = sorted(set(have.get("requirements", [])) | set(self.requirements))
-        want_nd = sorted(set(have.get("no_deps", [])) | set(self.no_deps))
-        if python.exists() and have.get("requirements") == want_req and have.get("no_deps") == want_nd:
-            return python
-        if not python.exists():
-            log.info("making the tool venv %s (once; torch and ultralytics for the exports)", venv)
-            self.run([sys.executable, "-m", "venv", "--clear", str(venv)], timeout_s=300)
-        started = time.monotonic()
-        if want_req:
-            log.info("pip install %s", " ".join(want_req))
-            self.run([*self._pip(python), *want_req])
-        if want_nd:
-            log.info("pip install --no-deps %s", " ".join(want_nd))
-            self.run([*self._pip(python), "--no-deps", *want_nd])
-        marker.write_text(json.dumps({"requirements": want_req, "no_deps": want_nd}), encoding="utf-8")
-        log.info("tool venv ready in %.0f s", time.monotonic() - started)
-        return python
-
-    def remove(self) -> bool:
-        """Delete the tool venv (1-2 GB); the next setup that needs it makes it again."""
-        removed = False
-        for d in (self.venv_dir, self.packages_dir):
-            if d.exists():
-                shutil.rmtree(d)
-                removed = True
-        return removed
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -420,7 +237,7 @@ def run_setup(steps: Sequence[SetupStep], *, settings: ModelStoreSettings | None
                     "outputs": {rel: {"sha256": sha256_file(cache / rel), "bytes": (cache / rel).stat().st_size}
                                 for rel in step.outputs},
                 }
-                _save_manifest(cache, manifest)
+                save_manifest(cache, manifest)
                 results.append(StepResult(step, "done", time.monotonic() - started))
             if progress:
                 last = results[-1]
