@@ -287,9 +287,8 @@ def test_build_writes_engine_tokenizer_manifest_and_log(tmp_path: Path, tools: P
     # What the LLM server sees of it.
     from trt_server.engines.hf_tokenizer import has_tokenizer_files
     from trt_server.engines.trtllm import engine_limits, read_manifest, resolve_engine_dir
-    from trt_server.settings import LLMSettings
 
-    assert resolve_engine_dir(LLMSettings(model_path=out)) == out
+    assert resolve_engine_dir(out) == out
     assert read_manifest(out) == manifest and has_tokenizer_files(out)
     assert engine_limits(engine_config, 2048) == (2048, 2048)
 

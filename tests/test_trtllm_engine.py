@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from trt_server.engines import trtllm
+from trt_server.engines import select_engine, trtllm
 from trt_server.engines.base import (
     EngineDelta,
     EngineError,
@@ -34,6 +34,7 @@ from trt_server.engines.base import (
     SamplingParams,
 )
 from trt_server.engines.hf_tokenizer import HFTokenizer
+from trt_server.engines.trtllm_llmapi import LlmApiBackend
 from trt_server.settings import EngineKind, LLMSettings
 
 pytest.importorskip("tokenizers", reason="the tokenizer tests build a tokenizer with `tokenizers`")
@@ -84,8 +85,18 @@ def write_engine_dir(path: Path, *, max_input: int = 64, max_seq: int = 256) -> 
     return path
 
 
-def settings_for(engine_dir: Path | None, **kw: Any) -> LLMSettings:
-    return LLMSettings(engine=EngineKind.trtllm, model_path=engine_dir, **kw)
+def config_for(engine_dir: Path | None, *, context_length: int = 2048, kv_cache_free_gpu_memory_fraction: float = 0.5,
+               tokenizer_dir: Path | None = None) -> trtllm.TrtLlmConfig:
+    return trtllm.TrtLlmConfig(engine_dir=engine_dir, context_length=context_length,
+                               kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
+                               tokenizer_dir=tokenizer_dir)
+
+
+def llm_of(engine: trtllm.TrtLlmEngine) -> Any:
+    """The stand-in `LLM` object the engine loaded."""
+    backend = engine._backend
+    assert isinstance(backend, LlmApiBackend)
+    return backend.llm
 
 
 @pytest.fixture
@@ -106,7 +117,7 @@ def test_module_imports_without_tensorrt_llm_or_torch() -> None:
 
 def test_construct_without_tensorrt_llm_says_what_to_install(tmp_path: Path, hide_tensorrt_llm: None) -> None:
     with pytest.raises(EngineNotInstalledError) as e:
-        trtllm.TrtLlmEngine(settings_for(write_engine_dir(tmp_path / "engine")))
+        trtllm.TrtLlmEngine(config_for(write_engine_dir(tmp_path / "engine")))
     message = str(e.value)
     assert "0.12.0-jetson" in message and "deploy/jetson/setup.sh" in message
     assert "pip install tensorrt-llm" in message and "WATUS_LLM_ENGINE=llamacpp" in message
@@ -118,11 +129,24 @@ async def test_load_without_tensorrt_llm_says_what_to_install(tmp_path: Path,
     # Past the constructor's cheap check (as if installed), then the import itself fails.
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "tensorrt_llm" else real(name, *a))
-    engine = trtllm.TrtLlmEngine(settings_for(write_engine_dir(tmp_path / "engine")))
+    engine = trtllm.TrtLlmEngine(config_for(write_engine_dir(tmp_path / "engine")))
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
     with pytest.raises(EngineNotInstalledError, match=r"0\.12\.0-jetson"):
         await engine.load()
     assert not engine.ready()
+
+
+def test_select_engine_passes_the_settings_it_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt_llm" else real(name, *a))
+    engine_dir = write_engine_dir(tmp_path / "engine")
+    tokenizer_dir = write_tokenizer(tmp_path / "hf")
+    engine = select_engine(LLMSettings(engine=EngineKind.trtllm, model_path=engine_dir, tokenizer_path=tokenizer_dir,
+                                       model_name="robot", context_length=200))
+    assert isinstance(engine, trtllm.TrtLlmEngine)
+    assert (engine.model_id, engine.capabilities.max_context) == ("robot", 200)
+    assert (engine.engine_dir, engine.tokenizer_dir) == (engine_dir, tokenizer_dir)
 
 
 @pytest.mark.parametrize("case", ["unset", "missing", "not-an-engine", "bad-config"])
@@ -137,13 +161,13 @@ def test_missing_engine_dir_names_the_setting(tmp_path: Path, case: str) -> None
         path = write_engine_dir(tmp_path / "engine")
         (path / "config.json").write_text("{not json")
     with pytest.raises(ModelNotFoundError, match="WATUS_LLM_MODEL_PATH"):
-        trtllm.TrtLlmEngine(settings_for(path))
+        trtllm.TrtLlmEngine(config_for(path))
 
 
 def test_missing_tokenizer_names_the_setting(tmp_path: Path) -> None:
     engine_dir = write_engine_dir(tmp_path / "engine")
     with pytest.raises(ModelNotFoundError, match="WATUS_LLM_TOKENIZER_PATH"):
-        trtllm.TrtLlmEngine(settings_for(engine_dir, tokenizer_path=tmp_path / "no-tokenizer"))
+        trtllm.TrtLlmEngine(config_for(engine_dir, tokenizer_dir=tmp_path / "no-tokenizer"))
 
 
 def test_engine_limits_are_capped_by_settings() -> None:
@@ -375,7 +399,7 @@ async def loaded(engine_dir: Path, monkeypatch: pytest.MonkeyPatch, version: str
                  script: list[int]) -> trtllm.TrtLlmEngine:
     install_fake(monkeypatch, version)
     monkeypatch.setattr(FakeLLM, "script", script)
-    engine = trtllm.TrtLlmEngine(settings_for(engine_dir, context_length=128,
+    engine = trtllm.TrtLlmEngine(config_for(engine_dir, context_length=128,
                                               kv_cache_free_gpu_memory_fraction=0.3))
     await engine.load()
     assert engine.ready()
@@ -384,7 +408,7 @@ async def loaded(engine_dir: Path, monkeypatch: pytest.MonkeyPatch, version: str
 
 async def test_fake_012_streams_and_maps_sampling(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = await loaded(engine_dir, monkeypatch, "0.12", [9, 10, 11, EOS])
-    llm = engine._llm
+    llm = llm_of(engine)
     assert llm.kwargs["skip_tokenizer_init"] is True and "guided_decoding_backend" not in llm.kwargs
     assert llm.kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.3
     assert engine.capabilities.supports_grammar is False
@@ -405,13 +429,13 @@ async def test_fake_stream_length_and_eot(engine_dir: Path, monkeypatch: pytest.
     engine = await loaded(engine_dir, monkeypatch, "0.12", [9, 10, 11, 12, 13])
     deltas = await collect(engine.stream([BOS], SamplingParams(max_tokens=3, temperature=0.7, top_p=0.9)))
     assert ids_of(deltas) == [9, 10, 11] and deltas[-1].finish_reason == "length"
-    sampling = engine._llm.requests[0][1]
+    sampling = llm_of(engine).requests[0][1]
     assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.7, 0.9, None)
     # The max_tokens budget never passes the context: 128 - 126 prompt tokens.
     FakeLLM.script = [9, EOT]
     deltas = await collect(engine.stream([BOS] * 60, SamplingParams(max_tokens=500)))
     assert ids_of(deltas) == [9] and deltas[-1].finish_reason == "stop"  # <|eot|> ends, never shown
-    assert engine._llm.requests[1][1].max_tokens == 68
+    assert llm_of(engine).requests[1][1].max_tokens == 68
     with pytest.raises(EngineError, match="max_input_len"):
         await collect(engine.stream([BOS] * 65, SamplingParams(max_tokens=5)))
     with pytest.raises(EngineError, match="guided decoding"):
@@ -425,13 +449,13 @@ async def test_fake_012_early_close_cancels(engine_dir: Path, monkeypatch: pytes
     first = await anext(stream)
     assert first.token_ids == [9]
     await stream.aclose()  # type: ignore[attr-defined]
-    assert engine._llm.cancelled == [engine._llm.results[0].request_id]
+    assert llm_of(engine).cancelled == [llm_of(engine).results[0].request_id]
     await engine.close()
 
 
 async def test_fake_1x_guided_seed_and_abort(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = await loaded(engine_dir, monkeypatch, "1.x", [9, 10, EOS])
-    llm = engine._llm
+    llm = llm_of(engine)
     assert isinstance(llm, FakeLLM1x)  # the engine LLM, not the PyTorch one
     assert llm.kwargs["guided_decoding_backend"] == "xgrammar"
     assert llm.kwargs["tokenizer"] == str(engine_dir)
@@ -459,7 +483,7 @@ async def test_fake_1x_guided_seed_and_abort(engine_dir: Path, monkeypatch: pyte
 async def test_fake_1x_ignore_eos(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = await loaded(engine_dir, monkeypatch, "1.x", [9, EOT, 10])
     deltas = await collect(engine.stream([BOS], SamplingParams(max_tokens=3, ignore_eos=True)))
-    sampling = engine._llm.requests[0][1]
+    sampling = llm_of(engine).requests[0][1]
     assert sampling.ignore_eos is True and not sampling.stop_token_ids
     assert ids_of(deltas) == [9, EOT, 10] and deltas[-1].finish_reason == "length"
     await engine.close()
@@ -537,7 +561,7 @@ def install_fake_runner(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_fake_runner_fallback(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_fake_runner(monkeypatch)
     monkeypatch.setattr(FakeRunner, "script", [9, 10, EOT])
-    engine = trtllm.TrtLlmEngine(settings_for(engine_dir, kv_cache_free_gpu_memory_fraction=0.4))
+    engine = trtllm.TrtLlmEngine(config_for(engine_dir, kv_cache_free_gpu_memory_fraction=0.4))
     await engine.load()
     runner = FakeRunner.instance
     assert runner is not None and engine.info()["api"] == "model_runner_cpp"
@@ -566,9 +590,9 @@ async def real_engine() -> AsyncIterator[trtllm.TrtLlmEngine]:
         pytest.skip("set WATUS_TEST_TRTLLM_ENGINE to a TensorRT-LLM engine directory (and "
                     "WATUS_TEST_TRTLLM_TOKENIZER if its tokenizer lives elsewhere)")
     tokenizer = os.environ.get("WATUS_TEST_TRTLLM_TOKENIZER")
-    settings = settings_for(Path(path), tokenizer_path=Path(tokenizer) if tokenizer else None,
-                            context_length=2048, kv_cache_free_gpu_memory_fraction=0.3)
-    engine = trtllm.TrtLlmEngine(settings)
+    config = config_for(Path(path), tokenizer_dir=Path(tokenizer) if tokenizer else None,
+                        context_length=2048, kv_cache_free_gpu_memory_fraction=0.3)
+    engine = trtllm.TrtLlmEngine(config)
     await engine.load()
     yield engine
     await engine.close()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         from trt_server.engines.llamacpp import resolve_model_path
 
         try:
-            resolve_model_path(settings)
+            resolve_model_path(settings.model_path)
         except EngineError as e:
             log.error("%s", e)
             return 2

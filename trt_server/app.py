@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from trt_server.engines import select_engine
-from trt_server.engines.base import Engine, SamplingParams
+from trt_server.engines.base import Engine, EngineError, SamplingParams
 from trt_server.errors import AuthenticationError, NotReadyError, install_error_handlers
 from trt_server.generation import Admission, LLMMetrics
 from trt_server.protocol import ChatCompletionRequest, CompletionRequest
@@ -68,7 +68,12 @@ async def _load(app: FastAPI, settings: LLMSettings) -> None:
         log.info("model %s ready (%s)", engine.model_id, engine.info())
     except Exception as e:
         app.state.load_error = str(e)
-        log.error("could not load the model: %s", e)
+        if isinstance(e, EngineError):
+            # The message says what to set or install: one line for the operator, the chain at DEBUG.
+            log.error("could not load the model: %s", e)
+            log.debug("model load failure", exc_info=True)
+        else:
+            log.exception("could not load the model: %s", e)
         if engine is not None:
             await engine.close()
         callback = app.state.on_load_failure

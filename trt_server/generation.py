@@ -2,14 +2,14 @@
 
 `Admission` bounds the work: `max_concurrent` requests generate, at most `queue_size` wait (each at most
 `queue_timeout_s`), the rest get 503 with `Retry-After` before any byte is sent. `generate` turns an
-engine's deltas into text chunks with real token counts and records time to first token, prefill and
-decode speed and queue wait, as Prometheus histograms and one log line per request.
+engine's deltas into text chunks and records time to first token, prefill and decode speed and queue
+wait, as Prometheus histograms and one log line per request. `Run` is one admitted generation, which
+gives its slot back exactly once however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -96,10 +96,9 @@ class Admission:
 
 @dataclass
 class Chunk:
-    """Text to send, with the tokens generated so far."""
+    """Text to send."""
 
     text: str
-    completion_tokens: int
 
 
 @dataclass
@@ -158,20 +157,22 @@ async def generate(
                 finish = delta.finish_reason
             out = stopper.feed(text)
             if out:
-                yield Chunk(out, produced)
+                yield Chunk(out)
             if stopper.stopped:
                 finish = "stop"
                 break
         tail = stopper.flush()
         if tail:
-            yield Chunk(tail, produced)
+            yield Chunk(tail)
     except EngineError as e:
         log.error("request %s: engine error: %s", request_id, e)
         raise InternalEngineError(f"generation failed: {e}") from e
     finally:
         # Closing the engine stream cancels the generation (stop string, client gone, error).
-        with contextlib.suppress(Exception):
+        try:
             await stream.aclose()  # type: ignore[attr-defined]
+        except Exception:
+            log.warning("request %s: closing the engine stream failed", request_id, exc_info=True)
         _record(outcome, metrics, endpoint, request_id, arrival, started, first, last, produced,
                 len(prompt_ids), finish)
 
@@ -206,3 +207,23 @@ def _record(outcome: Outcome, metrics: LLMMetrics, endpoint: str, request_id: st
              "prefill %.0f tok/s, decode %.1f tok/s, total %.0f ms", request_id, endpoint, n_prompt, produced,
              finish, outcome.timings["queue_ms"], outcome.timings["ttft_ms"],
              outcome.timings["prefill_tokens_per_s"], outcome.timings["decode_tokens_per_s"], total * 1000)
+
+
+class Run:
+    """One admitted generation: its chunks, its outcome, and its slot, released exactly once."""
+
+    def __init__(self, engine: Engine, admission: Admission, metrics: LLMMetrics, ids: list[int],
+                 params: SamplingParams, stops: Sequence[str], *, arrival: float, waited: float, endpoint: str,
+                 request_id: str) -> None:
+        self.ids, self.outcome, self.endpoint = ids, Outcome(), endpoint
+        self._admission, self._metrics = admission, metrics
+        self._released = False
+        self.chunks = generate(engine, ids, params, stops, arrival=arrival, queue_wait_s=waited,
+                               outcome=self.outcome, metrics=metrics, endpoint=endpoint, request_id=request_id)
+
+    def release(self, status: str) -> None:
+        """Give the slot back and count the request as `status` (ok, error, cancelled); once only."""
+        if not self._released:
+            self._released = True
+            self._admission.release()
+            self._metrics.requests.labels(self.endpoint, status).inc()

@@ -1,40 +1,40 @@
-"""Request handling behind the routes: validate, template, tokenize, admit, generate, shape the reply.
+"""Request handling behind the routes: validate, template, tokenize, admit, generate, reply.
 
 Everything a request can get wrong is found before the first byte of a stream (model name, template,
 context and token budget, tool schemas); after that, errors travel as an SSE `error` event. A client
-that disconnects cancels its generation, streamed or not.
+that disconnects cancels its generation, streamed (`sse`) or not (`disconnect`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+from trt_server.disconnect import ClientDisconnected, until_disconnected
 from trt_server.engines.base import Engine, SamplingParams
-from trt_server.errors import APIError, BadRequestError, ContextLengthError, ModelNotFoundAPIError
-from trt_server.generation import Admission, Chunk, LLMMetrics, Outcome, generate
-from trt_server.protocol import (
-    AllowedToolsChoice,
-    ChatCompletionRequest,
-    CompletionRequest,
-    NamedToolChoice,
-    Tool,
-)
+from trt_server.errors import BadRequestError, ContextLengthError, ModelNotFoundAPIError
+from trt_server.generation import Admission, LLMMetrics, Run
+from trt_server.protocol import ChatCompletionRequest, CompletionRequest
+from trt_server.replies import chat_body, chat_events, completion_body, completion_events
 from trt_server.settings import LLMSettings
+from trt_server.sse import sse_body, sse_response
 from trt_server.templating import ChatTemplate, TemplateError
-from trt_server.toolcalls import ParsedToolCall, StreamingToolParser
+from trt_server.toolcalls import StreamingToolParser
+from trt_server.toolchoice import plan_tools
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: nginx's "client closed request": the status of a reply nobody is left to receive.
+CLIENT_CLOSED = 499
 
 
 @dataclass
@@ -89,168 +89,27 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int,
     )
 
 
-def closed_schema(schema: Any) -> Any:
-    """A copy where objects that do not say otherwise allow no extra properties.
-
-    JSON schema allows extra properties by default; under a grammar a small model then invents
-    properties until it runs out of tokens. OpenAI's strict mode closes objects the same way.
-    """
-    if isinstance(schema, list):
-        return [closed_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed_schema(v) for k, v in schema.items()}
-    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
-        out["additionalProperties"] = False
-    return out
-
-
-def _tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
-    """JSON schema of one call to any of `tools`: `{"name": <const>, "arguments": <its parameters>}`."""
-    options = [
-        {"type": "object",
-         "properties": {"name": {"const": t.function.name},
-                        "arguments": closed_schema(t.function.parameters or {"type": "object"})},
-         "required": ["name", "arguments"]}
-        for t in tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
-
-
-@dataclass
-class ChatPlan:
-    tools: list[Tool]
-    forced: bool
-    schema: dict[str, Any] | None
-    extra_system: str | None
-
-
-def plan_tools(req: ChatCompletionRequest, grammar: bool) -> ChatPlan:
-    """Which tools the model sees, whether a call is forced, and the grammar that forces it."""
-    tools = list(req.tools or [])
-    choice = req.tool_choice
-    forced = False
-    if choice == "none":
-        tools = []
-    elif choice == "required":
-        forced = True
-    elif isinstance(choice, NamedToolChoice):
-        tools, forced = [t for t in tools if t.function.name == choice.function.name], True
-    elif isinstance(choice, AllowedToolsChoice):
-        allowed = {t.function.name for t in choice.allowed_tools.tools}
-        tools = [t for t in tools if t.function.name in allowed]
-        forced = choice.allowed_tools.mode == "required"
-    schema: dict[str, Any] | None = None
-    extra: str | None = None
-    if forced:
-        schema = _tool_call_schema(tools)
-        if not grammar:
-            extra = ("You must call exactly one of the functions now. Answer only with a JSON object "
-                     '{"name": <function name>, "arguments": <arguments object>}.')
-    elif req.response_format is not None and req.response_format.type != "text":
-        rf = req.response_format
-        given = rf.json_schema.schema_ if rf.type == "json_schema" and rf.json_schema else None
-        schema = closed_schema(given) if given else {"type": "object"}
-        if not grammar:
-            extra = "Answer only with a JSON value matching this JSON schema: " + json.dumps(schema)
-    return ChatPlan(tools=tools, forced=forced, schema=schema if grammar else None, extra_system=extra)
-
-
-async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client goes away first (non-streaming requests)."""
-    task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise asyncio.CancelledError("client disconnected")
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-_SLOT = "\u0000watus-text\u0000"
-
-
-class _TextEvents:
-    """Encodes the per-token SSE events fast: the constant JSON around the text is serialised once.
-
-    On a 2-core CPU the server's Python work per token competes with llama.cpp's threads, so the hot
-    path does one `json.dumps` of a short string and two byte concatenations per token.
-    """
-
-    def __init__(self, template: dict[str, Any]) -> None:
-        whole = _sse(template)
-        head, _, tail = whole.partition(json.dumps(_SLOT).encode())
-        if not tail:
-            raise ValueError("template has no text slot")
-        self._head, self._tail = head, tail
-
-    def encode(self, text: str) -> bytes:
-        return self._head + json.dumps(text, ensure_ascii=False).encode() + self._tail
-
-
-def _usage(n_prompt: int, n_completion: int) -> dict[str, int]:
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
-
-
-def _tool_call_dict(call: ParsedToolCall, index: int | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": call.id, "type": "function",
-                         "function": {"name": call.name, "arguments": call.arguments}}
-    if index is not None:
-        d["index"] = index
-    return d
-
-
-class _Run:
-    """One admitted generation: its chunks, its outcome, and its slot, released exactly once."""
-
-    def __init__(self, state: ServerState, ids: list[int], params: SamplingParams, stops: list[str],
-                 arrival: float, waited: float, endpoint: str, rid: str) -> None:
-        self.state, self.ids, self.outcome = state, ids, Outcome()
-        self._released = False
-        self.chunks = generate(state.engine, ids, params, stops, arrival=arrival, queue_wait_s=waited,
-                               outcome=self.outcome, metrics=state.metrics, endpoint=endpoint, request_id=rid)
-        self.endpoint = endpoint
-
-    def release(self, status: str) -> None:
-        if not self._released:
-            self._released = True
-            self.state.admission.release()
-            self.state.metrics.requests.labels(self.endpoint, status).inc()
-
-
 async def _admit(state: ServerState, ids: list[int], params: SamplingParams, stops: list[str],
-                 arrival: float, endpoint: str, rid: str) -> _Run:
+                 arrival: float, endpoint: str, rid: str) -> Run:
     waited = await state.admission.acquire()
-    return _Run(state, ids, params, stops, arrival, waited, endpoint, rid)
+    return Run(state.engine, state.admission, state.metrics, ids, params, stops, arrival=arrival, waited=waited,
+               endpoint=endpoint, request_id=rid)
 
 
-async def _stream_events(run: _Run, events: AsyncIterator[dict[str, Any] | bytes]) -> AsyncIterator[bytes]:
-    status = "ok"
+async def _whole_reply(run: Run, rid: str, body: Awaitable[dict[str, Any]], request: Request,
+                       headers: dict[str, str]) -> Response:
+    """A non-streamed reply once generated; a client that leaves first cancels the generation."""
     try:
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for ev in events:
-                yield ev if isinstance(ev, bytes) else _sse(ev)
-    except APIError as e:
-        status = "error"
-        yield _sse(e.body())
+        content = await until_disconnected(request.receive, body)
+    except ClientDisconnected:
+        run.release("cancelled")
+        log.info("request %s: client disconnected, generation cancelled", rid)
+        return Response(status_code=CLIENT_CLOSED)
     except BaseException:
-        status = "cancelled"
+        run.release("error")
         raise
-    finally:
-        run.release(status)
-    yield b"data: [DONE]\n\n"
-
-
-def _sse_response(body: AsyncIterator[bytes], headers: dict[str, str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+    run.release("ok")
+    return JSONResponse(content, headers=headers)
 
 
 # --------------------------------------------------------------------------- chat
@@ -281,89 +140,9 @@ async def chat_completion(state: ServerState, req: ChatCompletionRequest, reques
     parser = StreamingToolParser(json_only=plan.forced and plan.schema is not None) if plan.tools else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _chat_stream(state, run, rid, parser, include_usage)
-        return _sse_response(_stream_events(run, events), headers)
-    try:
-        body = await _until_disconnected(request, _chat_collect(state, run, rid, parser))
-    except BaseException:
-        run.release("error")
-        raise
-    run.release("ok")
-    return JSONResponse(body, headers=headers)
-
-
-def _finish(outcome: Outcome, calls: list[ParsedToolCall]) -> str:
-    if calls and outcome.finish_reason != "length":
-        return "tool_calls"
-    return outcome.finish_reason
-
-
-async def _chat_collect(state: ServerState, run: _Run, rid: str,
-                        parser: StreamingToolParser | None) -> dict[str, Any]:
-    parts: list[str] = []
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for chunk in run.chunks:
-            parts.append(parser.feed(chunk.text).content if parser else chunk.text)
-    if parser:
-        parts.append(parser.finish().content)
-    calls = parser.calls if parser else []
-    text = "".join(parts)
-    message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
-    if calls:
-        message["tool_calls"] = [_tool_call_dict(c) for c in calls]
-    return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": state.model_id,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _finish(run.outcome, calls)}],
-        "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-        "timings": run.outcome.timings,
-    }
-
-
-async def _chat_stream(state: ServerState, run: _Run, rid: str, parser: StreamingToolParser | None,
-                       include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
-    created = int(time.time())
-    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_id}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                **extra}
-
-    content = _TextEvents(chunk({"content": _SLOT}))
-
-    yield chunk({"role": "assistant", "content": ""})
-    n_calls = 0
-
-    def call_deltas(calls: list[ParsedToolCall]) -> dict[str, Any]:
-        nonlocal n_calls
-        deltas = []
-        for c in calls:
-            deltas.append(_tool_call_dict(c, n_calls))
-            n_calls += 1
-        return chunk({"tool_calls": deltas})
-
-    c: Chunk
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for c in run.chunks:
-            if parser is None:
-                yield content.encode(c.text)
-                continue
-            ev = parser.feed(c.text)
-            if ev.content:
-                yield content.encode(ev.content)
-            if ev.tool_calls:
-                yield call_deltas(ev.tool_calls)
-    if parser is not None:
-        ev = parser.finish()
-        if ev.content:
-            yield chunk({"content": ev.content})
-        if ev.tool_calls:
-            yield call_deltas(ev.tool_calls)
-    yield chunk({}, _finish(run.outcome, parser.calls if parser else []))
-    if include_usage:
-        yield {**base, "choices": [], "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-               "timings": run.outcome.timings}
+        events = chat_events(run, state.model_id, rid, parser, include_usage)
+        return sse_response(sse_body(run, events), headers)
+    return await _whole_reply(run, rid, chat_body(run, state.model_id, rid, parser), request, headers)
 
 
 # --------------------------------------------------------------------------- completions
@@ -390,45 +169,6 @@ async def completion(state: ServerState, req: CompletionRequest, request: Reques
     echo = prompt_text if req.echo else ""
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _sse_response(_stream_events(run, _completion_stream(state, run, rid, echo, include_usage)),
-                             headers)
-    try:
-        body = await _until_disconnected(request, _completion_collect(state, run, rid, echo))
-    except BaseException:
-        run.release("error")
-        raise
-    run.release("ok")
-    return JSONResponse(body, headers=headers)
-
-
-async def _completion_collect(state: ServerState, run: _Run, rid: str, echo: str) -> dict[str, Any]:
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        text = echo + "".join([c.text async for c in run.chunks])
-    return {
-        "id": rid, "object": "text_completion", "created": int(time.time()), "model": state.model_id,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": run.outcome.finish_reason}],
-        "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-        "timings": run.outcome.timings,
-    }
-
-
-async def _completion_stream(state: ServerState, run: _Run, rid: str, echo: str,
-                             include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
-    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                **extra}
-
-    texts = _TextEvents(chunk(_SLOT))
-
-    if echo:
-        yield chunk(echo)
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for c in run.chunks:
-            yield texts.encode(c.text)
-    yield chunk("", run.outcome.finish_reason)
-    if include_usage:
-        yield {**base, "choices": [], "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-               "timings": run.outcome.timings}
+        events = completion_events(run, state.model_id, rid, echo, include_usage)
+        return sse_response(sse_body(run, events), headers)
+    return await _whole_reply(run, rid, completion_body(run, state.model_id, rid, echo), request, headers)

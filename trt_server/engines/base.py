@@ -63,7 +63,7 @@ class EngineDelta:
 class Capabilities:
     max_context: int
     supports_grammar: bool
-    #: Prompt tokens a single prefill can take (for error messages); usually max_context.
+    #: The engine's name, as `/health` reports it.
     name: str = ""
 
 

