@@ -16,8 +16,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tests.helpers import free_port
 from watus.bench import update_markdown_section
-from watus.bench.e2e import _questions, closest_question, e2e
+from watus.bench.e2e import PlaybackCutter, _questions, closest_question, e2e
 from watus.bench.e2e_report import (
     E2EConfig,
     E2EResult,
@@ -32,6 +33,7 @@ from watus.bench.e2e_report import (
     write_jsonl,
 )
 from watus.core.telemetry import MeanMax, TelemetrySummary
+from watus.core.wire.audio import Interrupted, PlaybackFinished, PlaybackStarted, SpeechStarted
 
 MS = 1_000_000  # ns
 
@@ -146,6 +148,26 @@ def test_questions_option() -> None:
         "How many people are here?", 0.0)
     question, wer = closest_question("people are here", list(E2EConfig.questions))
     assert question == "How many people are here?" and 0 < wer < 1
+
+
+def test_playback_cutter_reads_typed_audio_events() -> None:
+    # Nothing listens at its URL: only the events fed here reach it, and its timers are cancelled on exit.
+    with PlaybackCutter(f"http://127.0.0.1:{free_port()}", after_s=60.0) as cutter:
+        cutter.feed(PlaybackStarted(t_ns=1, turn_id="t1", first_audio_ms=80.0).model_dump_json())
+        cutter.feed(SpeechStarted(t_ns=2, audio_s=3.0, captured_ns=2).model_dump_json())  # robot quiet
+        cutter.feed(PlaybackFinished(t_ns=3, turn_id="t1", played_ms=900.0, final=False).model_dump_json())
+        assert cutter.spoken_over == 0 and not cutter.invalid
+        # A question over the reply (the agent barges in), and one the audio service stopped playback for.
+        cutter.feed(SpeechStarted(t_ns=4, audio_s=9.0, captured_ns=4, during_playback=True).model_dump_json())
+        cutter.feed(SpeechStarted(t_ns=5, audio_s=19.0, captured_ns=5, barge_in=True).model_dump_json())
+        cutter.feed(Interrupted(t_ns=6, turn_id="t1", reason="barge_in").model_dump_json())
+        assert cutter.spoken_over == 2
+        # Events that do not match the contract are counted by type, never guessed at.
+        cutter.feed('{"type": "playback_started", "t_ns": 7}')  # no turn_id
+        cutter.feed('{"type": "speech_started", "t_ns": 8, "audio_s": 1.0, "captured_ns": 8, "extra": 1}')
+        cutter.feed("{not json")
+        assert dict(cutter.invalid) == {"playback_started": 1, "speech_started": 1, "json": 1}
+        assert cutter.cut == set()
 
 
 # --- the writers --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,7 @@ UNITS = ["watus-llm.service", "watus-vision.service", "watus-audio.service", "wa
 
 def _install(prefix: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(INSTALL), "--prefix", str(prefix), "--python", sys.executable, *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def installed(tmp_path: Path) -> Path:
 def test_units_pass_systemd_analyze_verify(installed: Path) -> None:
     unit_dir = installed / "etc" / "systemd" / "system"
     r = subprocess.run(["systemd-analyze", "verify", *[f"./{u}" for u in UNITS]], cwd=unit_dir,
-                       capture_output=True, text=True, timeout=60, check=False)
+                       capture_output=True, text=True, timeout=180, check=False)
     assert r.returncode == 0, r.stderr
     # Unknown keys and bad values are warnings (exit 0): there must be none.
     assert "watus" not in r.stderr, r.stderr
@@ -82,13 +82,13 @@ def test_install_is_idempotent_and_keeps_an_edited_env(installed: Path) -> None:
 
 def test_uninstall_keeps_settings_unless_purged(installed: Path) -> None:
     r = subprocess.run(["bash", str(INSTALL), "--prefix", str(installed), "--uninstall"], capture_output=True,
-                       text=True, timeout=60, check=False)
+                       text=True, timeout=180, check=False)
     assert r.returncode == 0, r.stderr
     assert not (installed / "etc" / "systemd" / "system" / "watus-llm.service").exists()
     assert not (installed / "opt" / "watus").exists()
     assert (installed / "etc" / "watus" / "watus.env").is_file()
     r = subprocess.run(["bash", str(INSTALL), "--prefix", str(installed), "--uninstall", "--purge"],
-                       capture_output=True, text=True, timeout=60, check=False)
+                       capture_output=True, text=True, timeout=180, check=False)
     assert r.returncode == 0 and not (installed / "etc" / "watus").exists()
 
 
@@ -119,9 +119,15 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.close()
 
 
-def _received(sock: socket.socket, until: float) -> list[str]:
+#: Deadlines for what a busy 2-core machine may take long to do; each wait returns as soon as it is done.
+SLOW_S = 90.0
+
+
+def _received(sock: socket.socket, timeout_s: float, done: Callable[[list[str]], bool]) -> list[str]:
+    """Datagrams from `sock` until `done(got)` holds or `timeout_s` passed."""
     got: list[str] = []
-    while time.monotonic() < until:
+    until = time.monotonic() + timeout_s
+    while not done(got) and time.monotonic() < until:
         try:
             got.append(sock.recv(4096).decode())
         except TimeoutError:
@@ -162,14 +168,21 @@ def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: sock
                                 stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc)
-        messages = _received(notify_socket, time.monotonic() + 1.5)
+        wait_healthy(url, proc, timeout=SLOW_S)
+        # Pinged every 0.2 s (half of WatchdogSec) from the event loop: READY, then at least 4 pings.
+        messages = _received(notify_socket, SLOW_S, lambda got: any(m.startswith("READY=1") for m in got)
+                             and sum(m == "WATCHDOG=1" for m in got) >= 4)
         ready = [m for m in messages if m.startswith("READY=1")]
-        assert len(ready) == 1 and "ready" in ready[0]
-        # Pinged every 0.2 s (half of WatchdogSec) from the event loop.
-        assert sum(m == "WATCHDOG=1" for m in messages) >= 4
-        assert httpx.get(url + "/health").status_code == 200
+        assert len(ready) == 1 and "ready" in ready[0], messages
+        assert sum(m == "WATCHDOG=1" for m in messages) >= 4, messages
+        assert httpx.get(url + "/health", timeout=SLOW_S).status_code == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
-    assert "STOPPING=1" in _received(notify_socket, time.monotonic() + 0.5)
+        try:
+            proc.wait(timeout=SLOW_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    rest = _received(notify_socket, SLOW_S, lambda got: "STOPPING=1" in got)
+    assert "STOPPING=1" in rest and not any(m.startswith("READY=1") for m in rest), rest

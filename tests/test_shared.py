@@ -1,18 +1,19 @@
-"""The shared foundation in `watus/`: settings reference, logging, metrics, spans, the turn header."""
+"""The shared foundation in `watus/core`: settings reference, logging, metrics, the turn id."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 
 import pytest
+from pydantic import ValidationError
 
 from trt_server.settings import EngineKind, LLMSettings
 from watus.core import metrics as m
 from watus.core.config import settings_reference
 from watus.core.logs import setup_logging
-from watus.core.timing import TURN_HEADER, SpanRecorder, clean_turn_id, new_turn_id
+from watus.core.timing import clean_turn_id, new_turn_id
+from watus.core.wire.audio import SayRequest
 
 
 def test_settings_read_env_with_prefix_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,26 +35,15 @@ def test_settings_reference_lists_every_field_with_env_and_default() -> None:
 
 
 def test_turn_ids_are_checked_before_trusted() -> None:
-    assert TURN_HEADER == "X-Watus-Turn"
-    tid = new_turn_id()
-    assert clean_turn_id(tid) == tid
-    assert clean_turn_id("bad id\nwith newline") is None
-    assert clean_turn_id("x" * 65) is None
-    assert clean_turn_id(None) is None
-
-
-def test_span_recorder_uses_one_monotonic_clock() -> None:
-    rec = SpanRecorder(turn_id="t1")
-    start = rec.mark("t0")
-    with rec.span("work"):
-        time.sleep(0.01)
-    rec.mark("t1")
-    (span,) = rec.spans
-    assert span.name == "work" and span.ms >= 9.0 and span.start_ns >= start
-    between = rec.ms_between("t0", "t1")
-    assert between is not None and between >= span.ms
-    assert rec.ms_between("t0", "missing") is None
-    assert json.loads(json.dumps(rec.as_dict()))["turn_id"] == "t1"
+    ids = {new_turn_id() for _ in range(100)}
+    assert len(ids) == 100 and all(clean_turn_id(t) == t for t in ids)
+    assert clean_turn_id("turn:1.a_b-C") == "turn:1.a_b-C" and clean_turn_id("x" * 64) == "x" * 64
+    for bad in ("bad id\nwith newline", "t1\r\nX-Injected: 1", "x" * 65, "", "ł", None):
+        assert clean_turn_id(bad) is None, bad
+    # The wire contracts hold the same rule: a say with a bad turn id is refused, not passed on.
+    assert SayRequest(text="hi", turn_id="say-1").turn_id == "say-1"
+    with pytest.raises(ValidationError, match="turn_id"):
+        SayRequest(text="hi", turn_id="bad id")
 
 
 def test_json_logging(capsys: pytest.CaptureFixture[str]) -> None:
