@@ -84,6 +84,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.dropped_blocks = 0
+        self.level_dbfs: float | None = None
         self.realtime = True
         self._seg = Segmenter(segmenter_config(settings, vad.frame_samples, True))
         self._resampler: StreamResampler | None = None
@@ -164,6 +165,8 @@ class Listener:
         self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples
         self._clock_pos = self._seg.position + len(self._buf)
         self._clock_ns = t_ns
+        if len(samples):
+            self.level_dbfs = round(dbfs(samples), 1)  # the microphone's level, for /health and the dashboard
         self._frames()
 
     def _frames(self) -> None:

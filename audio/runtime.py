@@ -146,6 +146,7 @@ class AudioRuntime:
         if self.listener is not None:
             mic["dropped_blocks"] = self.listener.dropped_blocks
             mic["in_speech"] = self.listener.in_speech
+            mic["level_dbfs"] = self.listener.level_dbfs
         speaker: dict[str, object] = {}
         if self.speaker is not None:
             speaker = {"device": self.speaker.sink_name, "talking": self.speaker.talking(),

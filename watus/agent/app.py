@@ -4,6 +4,8 @@
 stream is connected; the agent itself is healthy once its loop runs, because a robot whose camera is
 unplugged should still talk. `GET /metrics` has each turn stage's latency and e2e as histograms.
 `POST /v1/chat` runs a text turn through the same brain (the CLI's `watus chat` and tests use it).
+`GET /` is the live dashboard (`watus.agent.dashboard`). Errors have the OpenAI-style body of the other
+services; off loopback every endpoint but /health needs the API key.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from pydantic import BaseModel, Field
 
 from watus.agent.audio_client import AudioClient
 from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
+from watus.agent.dashboard import install_auth, resolve_key
+from watus.agent.dashboard import router as dashboard_router
+from watus.agent.hub import Hub
+from watus.agent.monitor import Monitor, probe
 from watus.agent.scene import VisionClient
 from watus.agent.settings import AgentSettings
 from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
 from watus.agent.voice import VoiceLoop
 from watus.core import metrics as m
+from watus.core.api_errors import install_error_handlers
 from watus.core.memwatch import SwapWatch
 from watus.core.timing import new_turn_id
 from watus.core.wire import WireError
@@ -74,11 +81,15 @@ class AgentState:
                                    on_invalid=self.metrics.invalid_from("vision"))
         self.audio = AudioClient(settings.audio_url, settings.service_timeout_s,
                                  on_invalid=self.metrics.invalid_from("audio"))
+        self.http = httpx.AsyncClient()
+        self.hub = Hub()
+        self.monitor = Monitor(self.hub, self.vision, {"llm": settings.llm_url, "vision": settings.vision_url,
+                                                       "audio": settings.audio_url})
         self.agent = build_agent(settings)
         self.session = Session(new_turn_id(), settings.memory_turns)
         self.turn_log = TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups)
         self.loop = VoiceLoop(settings, self.agent, self.session, self.vision, self.audio, self.turn_log,
-                              on_record=self.metrics.observe)
+                              on_record=self.metrics.observe, on_event=self.hub.publish)
 
 
 def get_state(request: Request) -> AgentState:
@@ -101,13 +112,16 @@ async def _warm_llm(state: AgentState) -> None:
         log.info("LLM warm-up skipped: %s", e)
 
 
-async def _probe(url: str) -> dict[str, Any]:
-    try:
-        async with httpx.AsyncClient(timeout=1.0) as http:
-            r = await http.get(url.rstrip("/") + "/health")
-        return {"ok": r.status_code == 200, "status": r.json().get("status", r.status_code)}
-    except (httpx.HTTPError, ValueError) as e:
-        return {"ok": False, "status": f"down ({type(e).__name__})"}
+def dashboard_url(settings: AgentSettings, key: str | None = None) -> str:
+    """Where the dashboard is (with the key to open it, when one is needed)."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}/" + (f"?key={key}" if key else "")
+
+
+async def _health_of(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    got = await probe(http, url)
+    return {"ok": got["ok"], "status": got["status"]}
 
 
 def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -> FastAPI:
@@ -117,7 +131,7 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AgentState(settings)
         app.state.agent = state
-        tasks = [asyncio.create_task(_warm_llm(state))]
+        tasks = [asyncio.create_task(_warm_llm(state)), asyncio.create_task(state.monitor.run(), name="monitor")]
         if voice_loop:
             tasks.append(asyncio.create_task(state.loop.run(), name="voice-loop"))
         try:
@@ -125,17 +139,28 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
         finally:
             for t in tasks:
                 t.cancel()
+            state.hub.close()
             await asyncio.gather(*tasks, return_exceptions=True)
             await state.vision.aclose()
             await state.audio.aclose()
+            await state.http.aclose()
 
     app = FastAPI(title="Watus agent", version="0.1.0", lifespan=lifespan)
     app.state.agent = None
+    key = resolve_key(settings.api_key.get_secret_value() if settings.api_key else None, settings.host)
+    if key is not None and not settings.api_key:
+        log.warning("the agent listens on %s without WATUS_AGENT_API_KEY: its API needs this generated key; "
+                    "dashboard: %s", settings.host, dashboard_url(settings, key))
+    app.state.api_key = key
+    install_error_handlers(app, logger=log)
+    install_auth(app, lambda: app.state.api_key)
+    app.include_router(dashboard_router(get_state))
 
     @app.get("/health")
     async def health(state: State) -> JSONResponse:
         s = state.settings
-        llm, vision, audio = await asyncio.gather(_probe(s.llm_url), _probe(s.vision_url), _probe(s.audio_url))
+        llm, vision, audio = await asyncio.gather(*(_health_of(state.http, u)
+                                                    for u in (s.llm_url, s.vision_url, s.audio_url)))
         return JSONResponse({
             "status": "ok", "llm": llm, "vision": vision, "audio": audio,
             "audio_events": "connected" if state.audio.connected else (state.audio.last_error or "connecting"),

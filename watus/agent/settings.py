@@ -6,7 +6,7 @@ import enum
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from watus.core.config import DEFAULT_PORTS, WatusSettings
@@ -68,6 +68,15 @@ class AgentSettings(WatusSettings):
                                   "the robot says so instead of describing it.")
     service_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one call to vision or audio.")
     llm_timeout_s: float = Field(60.0, gt=0, le=600, description="Timeout of one LLM request.")
+    api_key: SecretStr | None = Field(
+        default_factory=lambda: SecretStr(os.environ["WATUS_API_KEY"]) if os.environ.get("WATUS_API_KEY") else None,
+        description="Key the agent's HTTP API and dashboard require (`Authorization: Bearer`, or `?key=` once). "
+        "Default: WATUS_API_KEY; none on 127.0.0.1; off loopback without one, a key is generated and logged.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
     turn_log: Path = Field(Path("var/log/turns.jsonl"), description="Turn log (one JSON line per turn).")
     turn_log_max_bytes: int = Field(10_000_000, ge=10_000, description="Rotate the turn log at this size.")
     turn_log_backups: int = Field(5, ge=0, le=100, description="Rotated turn logs kept.")

@@ -37,6 +37,8 @@ class TurnRecord:
     interrupt_reason: str | None = None
     error: str | None = None
     mode: str = "streaming"
+    #: `voice` (heard), `text` (typed on the dashboard, handled as if spoken).
+    source: str = "voice"
     scene: dict[str, Any] | None = None
     t_ns: dict[str, int] = field(default_factory=dict)
     #: Times the audio service measured itself (ASR ms, VAD tail ms), as it reported them.

@@ -50,7 +50,8 @@ Speak = Callable[[str, bool], Awaitable[None]]
 
 
 async def speak_reply(agent: Agent[TurnDeps, str], session: Session, rec: TurnRecord, deps: TurnDeps, *,
-                      language: str, sentence_max_chars: int, max_reply_chars: int, speak: Speak) -> None:
+                      language: str, sentence_max_chars: int, max_reply_chars: int, speak: Speak,
+                      on_delta: Callable[[str], None] | None = None) -> None:
     """Stream the reply to `rec.transcript` into `speak`, sentence by sentence; fills `rec.reply`/`rec.error`.
 
     Raises `AudioUnavailableError` (from `speak`) and `CancelledError`; every other failure is handled.
@@ -72,6 +73,8 @@ async def speak_reply(agent: Agent[TurnDeps, str], session: Session, rec: TurnRe
                     continue
                 rec.mark("llm_first_token", time.monotonic_ns())
                 reply.append(delta)
+                if on_delta is not None:
+                    on_delta(delta)
                 for sentence in cutter.feed(delta):
                     await out(sentence, False)
     except AudioUnavailableError:

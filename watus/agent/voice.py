@@ -34,6 +34,7 @@ from watus.agent.scene import VisionClient
 from watus.agent.settings import AgentSettings, Pipeline
 from watus.agent.turnlog import TurnLog, TurnRecord
 from watus.agent.turns import speak_reply, think_then_speak
+from watus.core.timing import new_turn_id
 from watus.core.wire.audio import (
     AudioEvent,
     Interrupted,
@@ -72,7 +73,8 @@ class _Turn:
 class VoiceLoop:
     def __init__(self, settings: AgentSettings, agent: Agent[TurnDeps, str], session: Session,
                  vision: VisionClient | None, audio: Speaker, turn_log: TurnLog,
-                 on_record: Callable[[TurnRecord], None] | None = None) -> None:
+                 on_record: Callable[[TurnRecord], None] | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self._s = settings
         self._agent = agent
         self.session = session
@@ -80,6 +82,8 @@ class VoiceLoop:
         self._audio = audio
         self._log = turn_log
         self._on_record = on_record
+        #: Observer of everything the loop sees and does (the dashboard's hub): (event name, data).
+        self._on_event = on_event
         self._current: _Turn | None = None
         self._turns: dict[str, _Turn] = {}
         self.turns_done = 0
@@ -97,8 +101,29 @@ class VoiceLoop:
             except Exception:  # one bad event never ends the loop
                 log.exception("voice loop: event %s failed", ev.type)
 
+    def _notify(self, kind: str, data: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, data)
+
+    async def text_turn(self, text: str) -> str:
+        """A typed message handled as if it had been spoken (the dashboard's text box); its turn id."""
+        await self._barge_in("new message")
+        now = time.monotonic_ns()
+        self._start_turn(Transcript(t_ns=now, turn_id=new_turn_id(), text=text, t0_ns=now, speech_started_ns=now,
+                                    speech_end_captured_ns=now, audio_start_s=0.0, audio_end_s=0.0),
+                         source="text")
+        assert self._current is not None
+        return self._current.record.turn_id
+
+    async def stop(self, why: str = "stop requested") -> bool:
+        """Stop the turn under way (the dashboard's button): cancel it and silence the speaker."""
+        busy = self._current is not None and not self._current.done.is_set()
+        await self._barge_in(why)
+        return busy
+
     async def handle(self, ev: AudioEvent) -> None:
         """Act on one event of the audio service."""
+        self._notify(ev.type, ev.model_dump())
         if isinstance(ev, Transcript):
             await self._barge_in("new utterance")
             if ev.text.strip():
@@ -126,9 +151,9 @@ class VoiceLoop:
             if ev.final:
                 turn.done.set()
 
-    def _start_turn(self, ev: Transcript) -> None:
+    def _start_turn(self, ev: Transcript, source: str = "voice") -> None:
         record = TurnRecord(turn_id=ev.turn_id, session_id=self.session.id, transcript=ev.text.strip(),
-                            language=ev.language, mode=self._s.pipeline.value)
+                            language=ev.language, mode=self._s.pipeline.value, source=source)
         record.mark("speech_end", ev.t0_ns)
         record.mark("asr_done", ev.t_ns)
         if ev.speech_end_captured_ns is not None:
@@ -138,6 +163,7 @@ class VoiceLoop:
         self._turns[record.turn_id] = turn
         self._current = turn
         turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{record.turn_id}")
+        self._notify("turn_started", {"turn_id": record.turn_id, "transcript": record.transcript, "source": source})
 
     async def _barge_in(self, why: str, stop_audio: bool = True) -> None:
         turn = self._current
@@ -147,6 +173,7 @@ class VoiceLoop:
         turn.record.interrupted = True
         turn.record.interrupt_reason = why
         turn.done.set()
+        self._notify("barge_in", {"turn_id": turn.record.turn_id, "reason": why})
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()  # closes the LLM stream at once (aclosing in watus.agent.turns)
         if stop_audio and turn.spoke:
@@ -189,7 +216,8 @@ class VoiceLoop:
         else:
             await speak_reply(self._agent, self.session, rec, deps, language=self._s.language.value,
                               sentence_max_chars=self._s.sentence_max_chars,
-                              max_reply_chars=self._s.max_reply_chars, speak=speak)
+                              max_reply_chars=self._s.max_reply_chars, speak=speak,
+                              on_delta=lambda d: self._notify("reply_delta", {"turn_id": rec.turn_id, "text": d}))
 
     async def _finish(self, turn: _Turn) -> None:
         rec = turn.record
@@ -204,5 +232,6 @@ class VoiceLoop:
         self.turns_done += 1
         if self._on_record is not None:
             self._on_record(rec)
+        self._notify("turn", rec.as_json())
         log.info("turn %s: e2e %s ms, interrupted %s, reply %.60r", rec.turn_id, rec.e2e_ms, rec.interrupted,
                  rec.reply)

@@ -61,6 +61,19 @@ def _wait_healthy(procs: list[Managed], timeout_s: float) -> list[Managed]:
     return list(pending.values())
 
 
+def _dashboard_link(log_dir: Path) -> str:
+    """The agent's dashboard URL, with the key when the agent is not on loopback."""
+    from watus.agent.app import dashboard_url
+    from watus.agent.dashboard import is_loopback
+    from watus.agent.settings import AgentSettings
+
+    settings = AgentSettings()
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if key is None and not is_loopback(settings.host):
+        return dashboard_url(settings) + f"  (needs the key the agent logged in {log_dir / 'agent.log'})"
+    return dashboard_url(settings, None if is_loopback(settings.host) else key)
+
+
 def up(
     only: Annotated[list[str] | None, typer.Option("--only", help="Start only these (llm, vision, audio, agent).")]
     = None,
@@ -100,6 +113,8 @@ def up(
             if failed:
                 err.print(f"[yellow]Not healthy yet: {', '.join(m.service.name for m in failed)}[/yellow]")
         console.print(_health_table(asyncio.run(check_all(names)), {m.service.name: m.restarts for m in procs}))
+        if "agent" in names:
+            console.print(f"Dashboard: {_dashboard_link(log_dir)}")
         console.print(f"Logs in {log_dir}/. Ctrl-C stops everything.")
         while not stopping:
             for m in procs:

@@ -10,6 +10,7 @@ must not fail because telemetry could not be read.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import re
@@ -245,10 +246,12 @@ class TelemetrySampler:
     tegrastats cannot start or dies before giving a line, the sampler falls back to psutil.
     """
 
-    def __init__(self, interval_s: float = 0.5, *, use_tegrastats: bool | None = None) -> None:
+    def __init__(self, interval_s: float = 0.5, *, use_tegrastats: bool | None = None,
+                 max_samples: int | None = None) -> None:
         self.interval_s = max(0.05, interval_s)
         self._tegrastats = shutil.which("tegrastats") if use_tegrastats in (None, True) else None
-        self._samples: list[TelemetrySample] = []
+        # A benchmark keeps every sample; a long-running process (the dashboard) keeps the newest only.
+        self._samples: collections.deque[TelemetrySample] = collections.deque(maxlen=max_samples)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -266,6 +269,10 @@ class TelemetrySampler:
     def samples(self) -> list[TelemetrySample]:
         with self._lock:
             return list(self._samples)
+
+    def latest(self) -> TelemetrySample | None:
+        with self._lock:
+            return self._samples[-1] if self._samples else None
 
     def __enter__(self) -> TelemetrySampler:
         self.start()
