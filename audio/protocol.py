@@ -19,9 +19,6 @@ from watus.core.wire.audio import SayRequest, SayResponse, StopResponse
 __all__ = ["OPENAI_PCM_RATE", "SayRequest", "SayResponse", "Segment", "SpeechRequest", "StopResponse",
            "TranscriptionJson", "TranscriptionUsage", "TranscriptionVerbose", "Word"]
 
-TranscriptionFormat = Literal["json", "text", "verbose_json"]
-SpeechFormat = Literal["wav", "pcm"]
-
 #: OpenAI's `pcm` response format is 16-bit little-endian mono at this rate.
 OPENAI_PCM_RATE = 24_000
 

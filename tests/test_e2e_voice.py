@@ -143,6 +143,8 @@ def test_barge_in_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voi
     _start(es, env, mic, tmp_path)
     first, second = _records(tmp_path / "turns.jsonl", 2, timeout=90)[:2]
     assert first["interrupted"] is True, first
+    # The agent decided the barge-in (the audio service only reported the speech) and recorded why.
+    assert first["interrupt_reason"] in ("speech while speaking", "new utterance"), first
     assert "playback_start" in first["t_ns"], "the robot never started talking before the barge-in"
     # The half-duplex gate opens only once the voice over the robot's own is clearly speech, so the first
     # words of a barge-in can be lost; the utterance itself must still become the next turn.
