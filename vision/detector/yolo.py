@@ -83,8 +83,9 @@ def decode(output: NDArray[np.float32], lb: Letterbox, num_classes: int, *, conf
     return Detections(boxes.astype(np.float32), scores[idx].astype(np.float32), ids[idx])
 
 
-def providers_for(wanted: tuple[str, ...], cache_dir: Path) -> list[Any]:
-    """ONNX Runtime providers: the wanted ones (all must exist) or the best available."""
+def providers_for(wanted: tuple[str, ...], cache_dir: Path, trt_options: dict[str, str] | None = None) -> list[Any]:
+    """ONNX Runtime providers: the wanted ones (all must exist) or the best available; `trt_options` are
+    added to the TensorRT provider's (e.g. the profile shapes of a model with a dynamic input)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -101,13 +102,14 @@ def providers_for(wanted: tuple[str, ...], cache_dir: Path) -> list[Any]:
         if p == "TensorrtExecutionProvider":
             # FP16 as on the robot; the engine cache saves minutes of building on every start.
             out.append((p, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                            "trt_engine_cache_path": str(cache_dir)}))
+                            "trt_engine_cache_path": str(cache_dir), **(trt_options or {})}))
         else:
             out.append(p)
     return out
 
 
-def open_session(path: Path, threads: int, providers: tuple[str, ...] = ()) -> Any:
+def open_session(path: Path, threads: int, providers: tuple[str, ...] = (),
+                 trt_options: dict[str, str] | None = None) -> Any:
     """An ONNX Runtime session for a model file; ModelLoadError if it cannot be opened."""
     import onnxruntime as ort
 
@@ -119,7 +121,7 @@ def open_session(path: Path, threads: int, providers: tuple[str, ...] = ()) -> A
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts,
-                                    providers=providers_for(providers, path.parent / "trt-cache"))
+                                    providers=providers_for(providers, path.parent / "trt-cache", trt_options))
     except ModelLoadError:
         raise
     except Exception as e:  # onnxruntime raises its own untyped errors for a corrupt or foreign file
