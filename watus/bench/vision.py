@@ -50,6 +50,8 @@ def vision(
                                                 "at most 8).")] = None,
     faces: Annotated[bool, typer.Option("--faces/--no-faces", help="Faces on in the service run.")] = True,
     face_every_n: Annotated[int, typer.Option(min=1, help="WATUS_VISION_FACE_EVERY_N of the service.")] = 10,
+    compare_faces: Annotated[bool, typer.Option("--compare-faces/--no-compare-faces", help="Also compare the "
+                                                "face detectors (Haar vs CenterFace) on the sample images.")] = True,
     out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL, video and service log.")] = Path(
         "bench-results"),
     report: Annotated[Path, typer.Option(help="Markdown file whose vision section is rewritten.")] = Path(
@@ -73,8 +75,14 @@ def vision(
     except (RuntimeError, FileNotFoundError) as e:
         console.print(f"[red]vision benchmark failed:[/red] {e}")
         raise typer.Exit(1) from None
-    update_markdown_section(report, "vision", render_markdown(result))
-    console.print(render_markdown(result))
+    markdown = render_markdown(result)
+    if compare_faces:
+        from watus.bench.vision_faces import face_figures, render_faces
+
+        progress("faces", "Haar vs CenterFace on the sample images")
+        markdown += "\n" + render_faces(face_figures(threads))
+    update_markdown_section(report, "vision", markdown)
+    console.print(markdown)
     console.print(f"raw runs: {result.jsonl_path}\nreport: {report}")
 
 
