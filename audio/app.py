@@ -18,8 +18,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from audio.asr.base import AsrError
 from audio.devices import SourceFactory
-from audio.devices.base import AudioSink
+from audio.devices.base import AudioSink, DeviceError
 from audio.errors import BodyLimit, NotReadyError, install_error_handlers
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
@@ -27,6 +28,7 @@ from audio.protocol import SayRequest, SayResponse, SpeechRequest, StopResponse
 from audio.runtime import AudioRuntime, Models, load_models
 from audio.serving import AudioState, check_text, resolve_voice, speech, transcribe_upload
 from audio.settings import AudioSettings
+from audio.tts.base import TtsError
 from watus.core import metrics as m
 from watus.core.memwatch import SwapWatch
 from watus.core.timing import TURN_HEADER, clean_turn_id
@@ -63,7 +65,10 @@ async def _load(app: FastAPI, settings: AudioSettings, preloaded: Models | None,
         log.info("audio service ready on %s:%d", settings.host, settings.port)
     except Exception as e:
         app.state.load_error = str(e)
-        log.exception("could not start the audio service: %s", e)
+        if isinstance(e, (AsrError, TtsError, DeviceError)):  # a model or device problem: one clear line
+            log.error("could not start the audio service: %s", e)
+        else:  # a bug: keep the traceback
+            log.exception("could not start the audio service: %s", e)
         callback = app.state.on_load_failure
         if callback is not None:
             callback(e)

@@ -49,5 +49,7 @@ def test_streamed_text_turn(agent_url: str) -> None:
 
 
 def test_bad_request_is_a_4xx(agent_url: str) -> None:
-    assert httpx.post(agent_url + "/v1/chat", json={"text": ""}, timeout=10).status_code == 422
+    r = httpx.post(agent_url + "/v1/chat", json={"text": ""}, timeout=10)
+    # The same OpenAI-style error body as the other services.
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text", r.text
     assert httpx.post(agent_url + "/v1/session/new", timeout=10).json()["session"]
