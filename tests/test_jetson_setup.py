@@ -3,7 +3,8 @@
 The script reads its release files under `WATUS_JETSON_ROOT` and asks `dpkg-query`, `nvpmodel` and
 `uname` from PATH, so a fake root and small fake tools stand in for an Orin on L4T r36.4 (supported),
 one on r35 (JetPack 5: refused) and this machine (not a Jetson: refused). Everything else runs under
-`--dry-run`, which prints each command instead of running it.
+`--dry-run`, which prints each command instead of running it; a fake venv python answers the script's
+`python -c` probes and `pip freeze`, as the real one would with or without JetPack's TensorRT visible.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from tests.helpers import ROOT
 
 SETUP = ROOT / "deploy" / "jetson" / "setup.sh"
 INDEX = "https://pypi.jetson-ai-lab.io/jp6/cu126"
+#: What the v0.12.0-jetson branch's requirements-jetson.txt pins.
+TORCH_WHEEL = ("https://developer.download.nvidia.com/compute/redist/jp/v61/pytorch/"
+               "torch-2.5.0a0+872d972e41.nv24.08.17622132-cp310-cp310-linux_aarch64.whl")
 
 R36_4 = ("# R36 (release), REVISION: 4.4, GCID: 41062509, BOARD: generic, EABI: aarch64, DATE: Mon Jun 16 16:07:13 "
          "UTC 2025\n# KERNEL_VARIANT: oot\nTARGET_USERSPACE_LIB_DIR=nvidia\n")
@@ -66,6 +70,18 @@ def _setup(*args: str, root: Path | None = None, bin_dir: Path | None = None) ->
                           check=False)
 
 
+def _fake_venv(venv: Path, *, fails: str = "", freeze: str = "tensorrt==10.3.0") -> Path:
+    """A venv whose python passes every `-c` probe except those containing `fails`, and whose `pip freeze`
+    prints `freeze`; `pip show onnxruntime` (the CPU package) finds nothing."""
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("include-system-site-packages = true\n")
+    probe = f'  *{fails}*) exit 1 ;;\n' if fails else ""
+    _fake_tool(venv / "bin", "python",
+               f'case "$*" in\n  *"pip show"*) exit 1 ;;\n  *"pip freeze"*) printf "%s\\n" "{freeze}"; exit 0 ;;\n'
+               f'{probe}esac\nexit 0\n')
+    return venv
+
+
 @pytest.fixture
 def orin(tmp_path: Path) -> tuple[Path, Path]:
     return _fake_jetson(tmp_path, R36_4, "12.6.68", {"nvidia-l4t-core": "36.4.4-20250616085344",
@@ -106,20 +122,33 @@ def test_r36_4_is_supported_and_dry_run_prints_every_step(orin: tuple[Path, Path
             "bash ./install_cusparselt.sh") in out
     py = venv / "bin" / "python"
     lines = out.splitlines()
-    for expected in (
+    wheel = "/tmp/tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl"
+    # The branch's pins, in this order, then TensorRT-LLM, then what does not depend on torch.
+    ordered = [
         f"[dry-run] python3 -m venv --system-site-packages {venv}",
         f"[dry-run] {py} -m pip install numpy==1.26.1",
-        f"[dry-run] {py} -m pip install --index-url {INDEX} torch",
-        f"[dry-run] {py} -m pip install --index-url {INDEX} /tmp/tensorrt_llm-0.12.0-cp310-cp310-linux_aarch64.whl",
+        f"[dry-run] {py} -m pip install --index-url {INDEX} {TORCH_WHEEL} numpy\\<2",
+        f"[dry-run] {py} -m pip install --index-url {INDEX} nvidia-modelopt~=0.15.0 numpy\\<2",
+        f"[dry-run] {py} -m pip install --index-url {INDEX} {wheel}",
         f"[dry-run] git clone --depth 1 --branch v0.12.0-jetson https://github.com/NVIDIA/TensorRT-LLM.git {src}",
         f"[dry-run] {py} -m pip install --index-url {INDEX} ctranslate2",
         f"[dry-run] {py} -m pip install --index-url {INDEX} onnxruntime-gpu",
-        f"[dry-run] {tmp_path / 'tools'}/bin/python -m pip install --index-url {INDEX} torch torchvision",
+    ]
+    missing = [line for line in ordered if line not in lines]
+    assert not missing, (missing, out)
+    positions = [lines.index(line) for line in ordered]
+    assert positions == sorted(positions)
+    tools = tmp_path / "tools" / "bin" / "python"
+    for expected in (
+        f"[dry-run] {tools} -m pip install --index-url {INDEX} torch torchvision",
+        # Ultralytics needs onnxscript for ONNX export on torch >= 2.7; offline it cannot fetch it itself.
+        f"[dry-run] {tools} -m pip install --index-url {INDEX} numpy\\<2 ultralytics onnx onnxslim onnxscript",
         "[dry-run] python3 -m pip install -U jetson-stats",
     ):
         assert expected in lines, expected
-    # torch comes before TensorRT-LLM, so pip never satisfies tensorrt_llm with PyPI's CPU torch.
-    assert out.index(f"{INDEX} torch\n") < out.index("tensorrt_llm-0.12.0")
+    # No unpinned torch for the services' venv: build_wheel.py would replace it.
+    assert f"{py} -m pip install --index-url {INDEX} torch\n" not in out
+    assert f"no venv yet (dry run): installing the wheel needs `{py} -m pip freeze | grep -i '^tensorrt'`" in out
     assert "jetson-containers run $(autotag tensorrt_llm)" in out and "dustynv/tensorrt_llm:0.12-r36.4.0" in out
     assert not venv.exists() and not src.exists(), "dry run created files"
 
@@ -142,17 +171,61 @@ def test_build_from_source_uses_the_seed_commands(orin: tuple[Path, Path], tmp_p
     lines = r.stdout.splitlines()
     positions = [lines.index(line) for line in expected]
     assert positions == sorted(positions)
+    # The pins come before the build, whose build_wheel.py reinstalls the branch's requirements.
+    assert lines.index(f"[dry-run] {py} -m pip install --index-url {INDEX} nvidia-modelopt~=0.15.0 numpy\\<2") \
+        < positions[0]
     assert "ctranslate2" not in r.stdout  # --no-speech
+
+
+def test_build_checks_that_pip_sees_tensorrt_first(orin: tuple[Path, Path], tmp_path: Path) -> None:
+    """build_wheel.py stops unless `pip freeze` lists tensorrt: the script says so before cloning or building."""
+    root, bin_dir = orin
+    src = tmp_path / "TensorRT-LLM"
+    venv = _fake_venv(tmp_path / "venv", freeze="numpy==1.26.1")  # tensorrt importable, not seen by pip
+    r = _setup("--dry-run", "--build-trtllm", "--venv", str(venv), "--trtllm-src", str(src), "--no-speech",
+               root=root, bin_dir=bin_dir)
+    assert r.returncode == 5, r.stdout + r.stderr
+    out = r.stdout
+    assert ("problem: the venv's pip does not see tensorrt "
+            f"({venv}/bin/python -m pip freeze lists none), and scripts/build_wheel.py needs it") in out
+    assert "sudo apt install python3-libnvinfer" in out and "--system-site-packages" in out
+    assert f"include-system-site-packages = true in {venv}/pyvenv.cfg" in out
+    assert out.index("(a real run stops here)") < out.index("git clone https://github.com/NVIDIA/TensorRT-LLM.git")
+    assert "problem(s) left" in out
+
+    visible = _fake_venv(tmp_path / "venv2", freeze="tensorrt==10.3.0")
+    r = _setup("--dry-run", "--build-trtllm", "--venv", str(visible), "--trtllm-src", str(src), "--no-speech",
+               root=root, bin_dir=bin_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pip sees JetPack's TensorRT: tensorrt==10.3.0" in r.stdout and "problem" not in r.stdout
+    # tensorrt_llm (also "^tensorrt") does not count as TensorRT.
+    other = _fake_venv(tmp_path / "venv3", freeze="tensorrt_llm==0.12.0")
+    r = _setup("--dry-run", "--build-trtllm", "--venv", str(other), "--trtllm-src", str(src), "--no-speech",
+               root=root, bin_dir=bin_dir)
+    assert r.returncode == 5 and "the venv's pip does not see tensorrt" in r.stdout
+
+
+def test_check_finds_a_replaced_torch_numpy_2_and_an_invisible_tensorrt(orin: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    root, bin_dir = orin
+    src = tmp_path / "trtllm"
+    (src / "examples" / "llama").mkdir(parents=True)
+    cases = {"2.5.0a0+872d972e41": "problem: torch is the branch's JetPack 6.1 wheel 2.5.0a0+872d972e41",
+             "< 2": "problem: numpy < 2"}
+    for i, (fails, message) in enumerate(cases.items()):
+        venv = _fake_venv(tmp_path / f"venv{i}", fails=fails)
+        r = _setup("--check", "--venv", str(venv), "--trtllm-src", str(src), root=root, bin_dir=bin_dir)
+        assert r.returncode == 5 and message in r.stdout, r.stdout
+    venv = _fake_venv(tmp_path / "venv-no-trt", freeze="")
+    r = _setup("--check", "--venv", str(venv), "--trtllm-src", str(src), root=root, bin_dir=bin_dir)
+    assert r.returncode == 5 and "problem: pip sees no tensorrt" in r.stdout
+    assert "1 problem(s)" in r.stdout  # the imports themselves all work
 
 
 def test_done_steps_are_skipped(orin: tuple[Path, Path], tmp_path: Path) -> None:
     """Idempotence: a venv where every import works and existing examples make no install commands."""
     root, bin_dir = orin
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "pyvenv.cfg").write_text("include-system-site-packages = true\n")
-    # Every `python -c` check passes; `pip show onnxruntime` (the CPU package) finds nothing.
-    _fake_tool(venv / "bin", "python", 'case "$*" in *"pip show"*) exit 1 ;; esac\nexit 0\n')
+    venv = _fake_venv(tmp_path / "venv")  # every probe passes, pip sees JetPack's tensorrt
     src = tmp_path / "trtllm"
     (src / "examples" / "llama").mkdir(parents=True)
     (root / "usr" / "local" / "cuda" / "lib64").mkdir()
@@ -160,9 +233,10 @@ def test_done_steps_are_skipped(orin: tuple[Path, Path], tmp_path: Path) -> None
     r = _setup("--dry-run", "--venv", str(venv), "--trtllm-src", str(src), root=root, bin_dir=bin_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    for line in ("all installed:", "cuSPARSELt already installed", "numpy 1.26.1 present", "torch with CUDA present",
-                 "already installed in", f"examples in {src}/examples", "CTranslate2 with CUDA present",
-                 "onnxruntime with CUDA present"):
+    for line in ("all installed:", "cuSPARSELt already installed", "numpy 1.26.1 present",
+                 "torch 2.5.0a0+872d972e41 (the branch's JetPack 6.1 wheel) with CUDA present",
+                 "nvidia-modelopt 0.15 present", "already installed in", f"examples in {src}/examples",
+                 "CTranslate2 with CUDA present", "onnxruntime with CUDA present"):
         assert line in out, line
     dry = [line for line in out.splitlines() if line.startswith("[dry-run]")]
     assert dry == ["[dry-run] jetson_clocks", f"[dry-run] {venv}/bin/python -m pip install --upgrade pip"]
@@ -170,6 +244,12 @@ def test_done_steps_are_skipped(orin: tuple[Path, Path], tmp_path: Path) -> None
     r = _setup("--check", "--venv", str(venv), "--trtllm-src", str(src), root=root, bin_dir=bin_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all checks passed" in r.stdout and "ok       onnxruntime has CUDAExecutionProvider" in r.stdout
+    assert "ok       torch is the branch's JetPack 6.1 wheel" in r.stdout and "ok       pip sees tensorrt" in r.stdout
+
+    tools = tmp_path / "tools"
+    _fake_venv(tools)
+    r = _setup("--dry-run", "--no-python", "--vision-tools", str(tools), root=root, bin_dir=bin_dir)
+    assert "torch with CUDA, ultralytics and onnxscript present" in r.stdout
 
 
 def test_check_reports_a_missing_venv(orin: tuple[Path, Path], tmp_path: Path) -> None:

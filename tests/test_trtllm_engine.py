@@ -1,34 +1,30 @@
 """TensorRT-LLM engine and HF tokenizer.
 
-Always run: the module imports without tensorrt_llm, the errors name what to install or set, the HF
-tokenizer on a tiny tokenizer built here, and the engine's streaming logic against stand-ins for the two
-TensorRT-LLM APIs it supports (0.12-jetson and 1.x), since this machine has no GPU to run the real one.
-Marked `trtllm`: the real engine on a GPU with tensorrt_llm installed and WATUS_TEST_TRTLLM_ENGINE set.
+Always run: the module imports without tensorrt_llm, the errors name what to install or set, and the HF
+tokenizer on a tiny tokenizer built here. The engine's streaming logic against stand-ins shaped like each
+TensorRT-LLM version is in test_trtllm_versions.py, the self-test in test_trtllm_selftest.py.
+Marked `trtllm`: the real engine on a GPU with tensorrt_llm installed and WATUS_TEST_TRTLLM_ENGINE set:
+both backends (the `LLM` API, and `ModelRunnerCpp` forced), the early close, and the doctor's self-test.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import importlib.machinery
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-import types
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from trt_server.engines import select_engine, trtllm
 from trt_server.engines.base import (
     EngineDelta,
-    EngineError,
     EngineNotInstalledError,
     ModelNotFoundError,
     SamplingParams,
@@ -90,13 +86,6 @@ def config_for(engine_dir: Path | None, *, context_length: int = 2048, kv_cache_
     return trtllm.TrtLlmConfig(engine_dir=engine_dir, context_length=context_length,
                                kv_cache_free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
                                tokenizer_dir=tokenizer_dir)
-
-
-def llm_of(engine: trtllm.TrtLlmEngine) -> Any:
-    """The stand-in `LLM` object the engine loaded."""
-    backend = engine._backend
-    assert isinstance(backend, LlmApiBackend)
-    return backend.llm
 
 
 @pytest.fixture
@@ -240,144 +229,36 @@ def test_tokenizer_missing_dir(tmp_path: Path) -> None:
         HFTokenizer(tmp_path)
 
 
-# -- always run: the engine against stand-ins for the TensorRT-LLM APIs ---------------------------------
+# -- GPU: the real TensorRT-LLM ----------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class FakeCompletion:
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    finish_reason: str | None = None
-
-
-class FakeResult:
-    """Cumulative token_ids, one step per iteration, like RequestOutput in streaming mode."""
-
-    def __init__(self, llm: FakeLLM, prompt: list[int], sampling: Any, *, report_reason: bool) -> None:
-        self.request_id = len(llm.requests) + 100
-        self.outputs = [FakeCompletion()]
-        self.finished = False
-        self._script = list(llm.script)
-        self._max = sampling.max_tokens
-        self._report = report_reason
-        self._end = sampling.end_id
-        self._stops = {sampling.end_id, *(sampling.stop_token_ids or [])}
-
-    def __aiter__(self) -> FakeResult:
-        return self
-
-    async def __anext__(self) -> FakeResult:
-        if self.finished:
-            raise StopAsyncIteration
-        await asyncio.sleep(0)
-        out = self.outputs[0]
-        token = self._script.pop(0) if self._script else 9
-        stop = token in self._stops
-        if token != self._end:  # end_id is not returned; this stand-in leaves stop tokens in
-            out.token_ids.append(token)
-        if stop or len(out.token_ids) >= self._max:
-            self.finished = True
-            if self._report:
-                out.finish_reason = "stop" if stop else "length"
-        return self
+def _real_config() -> trtllm.TrtLlmConfig:
+    pytest.importorskip("tensorrt_llm", reason="needs TensorRT-LLM and an NVIDIA GPU (robot or x86 GPU box)")
+    path = os.environ.get("WATUS_TEST_TRTLLM_ENGINE")
+    if not path:
+        pytest.skip("set WATUS_TEST_TRTLLM_ENGINE to a TensorRT-LLM engine directory (and "
+                    "WATUS_TEST_TRTLLM_TOKENIZER if its tokenizer lives elsewhere)")
+    tokenizer = os.environ.get("WATUS_TEST_TRTLLM_TOKENIZER")
+    return config_for(Path(path), tokenizer_dir=Path(tokenizer) if tokenizer else None,
+                      context_length=2048, kv_cache_free_gpu_memory_fraction=0.3)
 
 
-class FakeLLM:
-    script: ClassVar[list[int]] = []
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-        self.requests: list[tuple[list[int], Any]] = []
-        self.results: list[FakeResult] = []
-        self.cancelled: list[int] = []
-        self.aborted: list[int] = []
-        self.shut = False
-        llm = self
-
-        class Engine:  # 0.12: the in-process executor's C++ handle
-            def cancel_request(self, rid: int) -> None:
-                llm.cancelled.append(rid)
-
-        self._executor = types.SimpleNamespace(engine=Engine())
-
-    def generate_async(self, prompt: list[int], sampling: Any, streaming: bool = False) -> FakeResult:
-        assert streaming
-        result = self._result(prompt, sampling)
-        self.requests.append((prompt, sampling))
-        self.results.append(result)
-        return result
-
-    def _result(self, prompt: list[int], sampling: Any) -> FakeResult:
-        return FakeResult(self, prompt, sampling, report_reason=False)
-
-    def _shutdown(self) -> None:
-        self.shut = True
+@pytest.fixture(scope="module", params=["llm", "model_runner_cpp"])
+async def real_engine(request: pytest.FixtureRequest) -> AsyncIterator[trtllm.TrtLlmEngine]:
+    """The real engine through the `LLM` API, then through `ModelRunnerCpp` (forced: the API hidden)."""
+    config = _real_config()
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "model_runner_cpp":
+            patch.setattr(LlmApiBackend, "open", classmethod(lambda cls, *a, **k: None))
+        engine = trtllm.TrtLlmEngine(config)
+        await engine.load()
+    info = engine.info()
+    assert info["api"] == request.param, info
+    yield engine
+    await engine.close()
 
 
-class FakeLLM1x(FakeLLM):
-    def _result(self, prompt: list[int], sampling: Any) -> FakeResult:
-        result = FakeResult(self, prompt, sampling, report_reason=True)
-        result.abort = lambda: self.aborted.append(result.request_id)  # type: ignore[attr-defined]
-        return result
-
-    def shutdown(self) -> None:
-        self.shut = True
-
-
-@dataclasses.dataclass(kw_only=True)
-class SamplingParams012:
-    end_id: int | None = None
-    pad_id: int | None = None
-    max_tokens: int = 32
-    stop_token_ids: list[int] | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    temperature: float | None = None
-    random_seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class SamplingParams1x(SamplingParams012):
-    seed: int | None = None
-    ignore_eos: bool = False
-    detokenize: bool = True
-    guided_decoding: Any = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class GuidedDecodingParams:
-    json: Any = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class KvCacheConfig:
-    free_gpu_memory_fraction: float | None = None
-
-
-def _module(name: str, **attrs: Any) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    module.__dict__.update(attrs)
-    return module
-
-
-def install_fake(monkeypatch: pytest.MonkeyPatch, version: str) -> None:
-    """Put a stand-in tensorrt_llm of the given API generation into sys.modules."""
-    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    if version == "0.12":
-        modules = {"tensorrt_llm": _module("tensorrt_llm", __version__="0.12.0", LLM=FakeLLM,
-                                           SamplingParams=SamplingParams012),
-                   "tensorrt_llm.hlapi": _module("tensorrt_llm.hlapi", KvCacheConfig=KvCacheConfig)}
-    else:
-        modules = {"tensorrt_llm": _module("tensorrt_llm", __version__="1.0.0", LLM=object,
-                                           SamplingParams=SamplingParams1x),
-                   "tensorrt_llm._tensorrt_engine": _module("tensorrt_llm._tensorrt_engine", LLM=FakeLLM1x),
-                   "tensorrt_llm.llmapi": _module("tensorrt_llm.llmapi", KvCacheConfig=KvCacheConfig,
-                                                  GuidedDecodingParams=GuidedDecodingParams),
-                   "xgrammar": _module("xgrammar")}
-    for name, module in modules.items():
-        monkeypatch.setitem(sys.modules, name, module)
+def _prompt(engine: trtllm.TrtLlmEngine) -> list[int]:
+    return engine.tokenizer.encode("The capital of France is", add_special=True)
 
 
 async def collect(stream: AsyncIterator[EngineDelta]) -> list[EngineDelta]:
@@ -386,220 +267,6 @@ async def collect(stream: AsyncIterator[EngineDelta]) -> list[EngineDelta]:
 
 def ids_of(deltas: list[EngineDelta]) -> list[int]:
     return [i for d in deltas for i in d.token_ids]
-
-
-@pytest.fixture
-def engine_dir(tmp_path: Path) -> Path:
-    path = write_engine_dir(tmp_path / "engine")
-    (path / trtllm.MANIFEST_FILE).write_text(json.dumps({"model": "tiny", "quantization": "int4_awq"}))
-    return path
-
-
-async def loaded(engine_dir: Path, monkeypatch: pytest.MonkeyPatch, version: str,
-                 script: list[int]) -> trtllm.TrtLlmEngine:
-    install_fake(monkeypatch, version)
-    monkeypatch.setattr(FakeLLM, "script", script)
-    engine = trtllm.TrtLlmEngine(config_for(engine_dir, context_length=128,
-                                              kv_cache_free_gpu_memory_fraction=0.3))
-    await engine.load()
-    assert engine.ready()
-    return engine
-
-
-async def test_fake_012_streams_and_maps_sampling(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = await loaded(engine_dir, monkeypatch, "0.12", [9, 10, 11, EOS])
-    llm = llm_of(engine)
-    assert llm.kwargs["skip_tokenizer_init"] is True and "guided_decoding_backend" not in llm.kwargs
-    assert llm.kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.3
-    assert engine.capabilities.supports_grammar is False
-    assert engine.capabilities.max_context == 128  # engine's 256 capped by context_length
-    deltas = await collect(engine.stream([BOS, 5], SamplingParams(max_tokens=10, temperature=0.0, seed=7)))
-    assert ids_of(deltas) == [9, 10, 11]
-    assert all(d.n_tokens == len(d.token_ids) and d.text is None for d in deltas)
-    assert [d.finish_reason for d in deltas] == [None, None, None, "stop"]
-    sampling = llm.requests[0][1]
-    assert (sampling.max_tokens, sampling.end_id, sampling.pad_id) == (10, EOS, PAD)
-    assert sampling.top_k == 1 and sampling.temperature is None and sampling.random_seed == 7
-    assert sampling.stop_token_ids == [EOT]  # <|eot|> from generation_config.json
-    await engine.close()
-    assert llm.shut
-
-
-async def test_fake_stream_length_and_eot(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = await loaded(engine_dir, monkeypatch, "0.12", [9, 10, 11, 12, 13])
-    deltas = await collect(engine.stream([BOS], SamplingParams(max_tokens=3, temperature=0.7, top_p=0.9)))
-    assert ids_of(deltas) == [9, 10, 11] and deltas[-1].finish_reason == "length"
-    sampling = llm_of(engine).requests[0][1]
-    assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.7, 0.9, None)
-    # The max_tokens budget never passes the context: 128 - 126 prompt tokens.
-    FakeLLM.script = [9, EOT]
-    deltas = await collect(engine.stream([BOS] * 60, SamplingParams(max_tokens=500)))
-    assert ids_of(deltas) == [9] and deltas[-1].finish_reason == "stop"  # <|eot|> ends, never shown
-    assert llm_of(engine).requests[1][1].max_tokens == 68
-    with pytest.raises(EngineError, match="max_input_len"):
-        await collect(engine.stream([BOS] * 65, SamplingParams(max_tokens=5)))
-    with pytest.raises(EngineError, match="guided decoding"):
-        await collect(engine.stream([BOS], SamplingParams(max_tokens=5, json_schema={"type": "object"})))
-    await engine.close()
-
-
-async def test_fake_012_early_close_cancels(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = await loaded(engine_dir, monkeypatch, "0.12", [9] * 50)
-    stream = engine.stream([BOS], SamplingParams(max_tokens=40))
-    first = await anext(stream)
-    assert first.token_ids == [9]
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert llm_of(engine).cancelled == [llm_of(engine).results[0].request_id]
-    await engine.close()
-
-
-async def test_fake_1x_guided_seed_and_abort(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = await loaded(engine_dir, monkeypatch, "1.x", [9, 10, EOS])
-    llm = llm_of(engine)
-    assert isinstance(llm, FakeLLM1x)  # the engine LLM, not the PyTorch one
-    assert llm.kwargs["guided_decoding_backend"] == "xgrammar"
-    assert llm.kwargs["tokenizer"] == str(engine_dir)
-    assert engine.capabilities.supports_grammar is True
-    schema: dict[str, object] = {"type": "object"}
-    deltas = await collect(engine.stream([BOS], SamplingParams(max_tokens=8, seed=3, json_schema=schema,
-                                                               ignore_eos=False)))
-    assert ids_of(deltas) == [9, 10] and deltas[-1].finish_reason == "stop"
-    sampling = llm.requests[0][1]
-    assert sampling.seed == 3 and sampling.random_seed is None and sampling.detokenize is False
-    assert sampling.guided_decoding == GuidedDecodingParams(json=schema)
-    FakeLLM.script = [9] * 50
-    stream = engine.stream([BOS], SamplingParams(max_tokens=40))
-    await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert llm.aborted == [llm.results[1].request_id]
-    info = engine.info()
-    assert info["engine"] == "trtllm" and info["path"] == str(engine_dir) and info["api"] == "llm"
-    assert info["manifest"] == {"model": "tiny", "quantization": "int4_awq"}
-    assert info["quantization"] == "W4A16_AWQ" and info["tensorrt_llm_version"] == "1.0.0"
-    await engine.close()
-    assert llm.shut
-
-
-async def test_fake_1x_ignore_eos(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = await loaded(engine_dir, monkeypatch, "1.x", [9, EOT, 10])
-    deltas = await collect(engine.stream([BOS], SamplingParams(max_tokens=3, ignore_eos=True)))
-    sampling = llm_of(engine).requests[0][1]
-    assert sampling.ignore_eos is True and not sampling.stop_token_ids
-    assert ids_of(deltas) == [9, EOT, 10] and deltas[-1].finish_reason == "length"
-    await engine.close()
-
-
-# -- always run: the ModelRunnerCpp fallback, with stand-ins for torch and the runner ------------------
-
-class FakeRow(list[int]):
-    def tolist(self) -> list[int]:
-        return list(self)
-
-    def __getitem__(self, item: Any) -> Any:
-        value = super().__getitem__(item)
-        return FakeRow(value) if isinstance(item, slice) else value
-
-
-class FakeExecutor:
-    def __init__(self) -> None:
-        self.cancelled: list[int] = []
-        self.shut = False
-
-    def enqueue_requests(self, requests: list[Any]) -> list[int]:
-        return [7]
-
-    def cancel_request(self, rid: int) -> None:
-        self.cancelled.append(rid)
-
-    def shutdown(self) -> None:
-        self.shut = True
-
-
-class FakeRunner:
-    script: ClassVar[list[int]] = []
-    instance: ClassVar[FakeRunner | None] = None
-
-    def __init__(self) -> None:
-        self.executor: Any = FakeExecutor()
-        self.calls: list[dict[str, Any]] = []
-        FakeRunner.instance = self
-
-    @classmethod
-    def from_dir(cls, engine_dir: str, *, rank: int = 0,
-                 kv_cache_free_gpu_memory_fraction: float | None = None) -> FakeRunner:
-        runner = cls()
-        runner.calls.append({"engine_dir": engine_dir, "fraction": kv_cache_free_gpu_memory_fraction})
-        return runner
-
-    def generate(self, batch: list[list[int]], **kw: Any) -> Any:
-        self.calls.append(kw)
-        self.executor.enqueue_requests([batch])
-        prompt = list(batch[0])
-        out = list(prompt)
-        for token in self.script[: kw["max_new_tokens"]]:
-            if token == kw["end_id"]:
-                break
-            out.append(token)
-            time.sleep(0.005)  # a decoding step
-            yield {"output_ids": [[FakeRow(out + [kw["end_id"]] * 4)]], "sequence_lengths": [[len(out)]]}
-            if self.executor.cancelled:
-                return
-
-
-def install_fake_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    torch = _module("torch", int32="int32", tensor=lambda ids, dtype=None: list(ids),
-                    no_grad=contextlib.nullcontext)
-    monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setitem(sys.modules, "tensorrt_llm", _module("tensorrt_llm", __version__="0.9.0",
-                                                              mpi_rank=lambda: 0))
-    monkeypatch.setitem(sys.modules, "tensorrt_llm.runtime", _module("tensorrt_llm.runtime",
-                                                                      ModelRunnerCpp=FakeRunner))
-
-
-async def test_fake_runner_fallback(engine_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    install_fake_runner(monkeypatch)
-    monkeypatch.setattr(FakeRunner, "script", [9, 10, EOT])
-    engine = trtllm.TrtLlmEngine(config_for(engine_dir, kv_cache_free_gpu_memory_fraction=0.4))
-    await engine.load()
-    runner = FakeRunner.instance
-    assert runner is not None and engine.info()["api"] == "model_runner_cpp"
-    assert runner.calls[0] == {"engine_dir": str(engine_dir), "fraction": 0.4}
-    deltas = await collect(engine.stream([BOS, 5], SamplingParams(max_tokens=10, temperature=0.0, seed=1)))
-    assert ids_of(deltas) == [9, 10] and deltas[-1].finish_reason == "stop"
-    kw = runner.calls[1]
-    assert kw["top_k"] == 1 and kw["random_seed"] == 1 and kw["stop_words_list"] == [[[EOT]]]
-    assert kw["streaming"] is True and kw["end_id"] == EOS and kw["pad_id"] == PAD
-    # Early close cancels the request by the id the runner's executor gave it.
-    monkeypatch.setattr(FakeRunner, "script", [9] * 30)
-    stream = engine.stream([BOS], SamplingParams(max_tokens=30))
-    await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert runner.executor.cancelled == [7]
-    await engine.close()
-
-
-# -- GPU: the real TensorRT-LLM ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-async def real_engine() -> AsyncIterator[trtllm.TrtLlmEngine]:
-    pytest.importorskip("tensorrt_llm", reason="needs TensorRT-LLM and an NVIDIA GPU (robot or x86 GPU box)")
-    path = os.environ.get("WATUS_TEST_TRTLLM_ENGINE")
-    if not path:
-        pytest.skip("set WATUS_TEST_TRTLLM_ENGINE to a TensorRT-LLM engine directory (and "
-                    "WATUS_TEST_TRTLLM_TOKENIZER if its tokenizer lives elsewhere)")
-    tokenizer = os.environ.get("WATUS_TEST_TRTLLM_TOKENIZER")
-    config = config_for(Path(path), tokenizer_dir=Path(tokenizer) if tokenizer else None,
-                        context_length=2048, kv_cache_free_gpu_memory_fraction=0.3)
-    engine = trtllm.TrtLlmEngine(config)
-    await engine.load()
-    yield engine
-    await engine.close()
-
-
-def _prompt(engine: trtllm.TrtLlmEngine) -> list[int]:
-    return engine.tokenizer.encode("The capital of France is", add_special=True)
 
 
 @pytest.mark.trtllm
@@ -617,6 +284,12 @@ async def test_real_greedy_stream(real_engine: trtllm.TrtLlmEngine) -> None:
 
 
 @pytest.mark.trtllm
+async def test_real_length_and_ignore_eos(real_engine: trtllm.TrtLlmEngine) -> None:
+    deltas = await collect(real_engine.stream(_prompt(real_engine), SamplingParams(max_tokens=5, ignore_eos=True)))
+    assert len(ids_of(deltas)) == 5 and deltas[-1].finish_reason == "length"
+
+
+@pytest.mark.trtllm
 async def test_real_early_close_aborts(real_engine: trtllm.TrtLlmEngine) -> None:
     stream = real_engine.stream(_prompt(real_engine), SamplingParams(max_tokens=1500, ignore_eos=True))
     got = 0
@@ -627,8 +300,21 @@ async def test_real_early_close_aborts(real_engine: trtllm.TrtLlmEngine) -> None
     started = time.perf_counter()
     await stream.aclose()  # type: ignore[attr-defined]
     assert time.perf_counter() - started < 5.0
+    backend = real_engine.backend
+    assert backend is not None and backend.last_cancel and not backend.last_cancel.startswith("none"), \
+        backend.last_cancel if backend else None
     # The engine serves the next request at once: the aborted one no longer holds its slot.
     again = real_engine.stream(_prompt(real_engine), SamplingParams(max_tokens=4, temperature=0.0))
     deltas = await asyncio.wait_for(collect(again), 60)
     assert deltas[-1].finish_reason in ("stop", "length")
 
+
+@pytest.mark.trtllm
+async def test_real_self_test(real_engine: trtllm.TrtLlmEngine) -> None:
+    """What `watus doctor` runs on the robot, on the loaded engine (both backends)."""
+    from trt_server.engines.trtllm_selftest import self_test
+
+    report = await self_test(real_engine)
+    assert report.finish_reason in ("stop", "length") and 0 <= report.tokens <= 4
+    assert report.ttft_ms > 0 and report.close_ms < 5000
+    assert report.api == real_engine.info()["api"]

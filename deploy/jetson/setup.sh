@@ -10,13 +10,15 @@
 #   2. power: MAX-N (nvpmodel -m 0) and jetson_clocks (--no-maxn, --no-clocks; --persist-clocks adds a
 #      unit that runs jetson_clocks at every boot);
 #   3. apt prerequisites and cuSPARSELt (as NVIDIA's TensorRT-LLM Jetson guide lists them);
-#   4. the venv (--system-site-packages, so JetPack's python3-libnvinfer `tensorrt` is importable), numpy
-#      1.26.1 and torch from the Jetson AI Lab index;
+#   4. the venv (--system-site-packages, so JetPack's python3-libnvinfer `tensorrt` is importable) with
+#      the v0.12.0-jetson branch's own pins (requirements-jetson.txt): numpy<2 (1.26.1), the JetPack 6.1
+#      torch 2.5.0a0 wheel, nvidia-modelopt~=0.15.0, before anything else can pull another torch;
 #   5. TensorRT-LLM 0.12.0-jetson (the wheel, or the source build with --cuda_architectures 87
-#      -DENABLE_MULTI_DEVICE=0) and its examples/ (the converters `watus models build-llm` runs);
+#      -DENABLE_MULTI_DEVICE=0; first checks that pip sees `tensorrt`, which build_wheel.py needs) and
+#      its examples/ (the converters `watus models build-llm` runs);
 #   6. CTranslate2 with CUDA (faster-whisper) and onnxruntime-gpu (vision classifiers, Silero VAD);
-#   7. optional: --vision-tools (a tool venv with CUDA torch + ultralytics for `watus models export-yolo`),
-#      --jtop (jetson-stats);
+#   7. optional: --vision-tools (a tool venv with CUDA torch, ultralytics and onnxscript for
+#      `watus models export-yolo`), --jtop (jetson-stats);
 #   8. checks what the venv can import on the GPU, and prints the container alternative.
 # Options:
 #   --dry-run            print every command instead of running it (probing still reads the system)
@@ -33,7 +35,7 @@
 #   --vision-tools [DIR] tool venv for YOLO/classifier exports (default DIR /opt/watus/tools)
 #   --jtop               install jetson-stats (jtop) system-wide
 #   --containers         print the jetson-containers alternative and exit
-# Exit status: 0 ok, 2 bad usage, 3 not a Jetson, 4 unsupported JetPack/L4T, 5 --check found problems.
+# Exit status: 0 ok, 2 bad usage, 3 not a Jetson, 4 unsupported JetPack/L4T, 5 problems found (see above).
 # Tests: WATUS_JETSON_ROOT=DIR reads etc/nv_tegra_release, usr/local/cuda/... and proc/device-tree/model
 # under DIR instead of /; the tools it asks (dpkg-query, nvcc, nvpmodel, uname) are looked up on PATH.
 set -euo pipefail
@@ -43,6 +45,13 @@ TRTLLM_REPO="https://github.com/NVIDIA/TensorRT-LLM.git"
 TRTLLM_BRANCH="v0.12.0-jetson"
 CUSPARSELT_SCRIPT="https://raw.githubusercontent.com/pytorch/pytorch/9b424aac1d70f360479dd919d6b7933b5a9181ac/.ci/docker/common/install_cusparselt.sh"
 CLOCKS_UNIT="/etc/systemd/system/watus-jetson-clocks.service"
+# The v0.12.0-jetson branch's requirements-jetson.txt pins this torch (JetPack 6.1, CUDA 12.6, Python 3.10),
+# nvidia-modelopt~=0.15.0 and numpy<2; its scripts/build_wheel.py reinstalls requirements-dev-jetson.txt
+# (which includes it) before building, replacing any other torch. So the venv gets exactly these, first.
+TORCH_WHEEL="https://developer.download.nvidia.com/compute/redist/jp/v61/pytorch/torch-2.5.0a0+872d972e41.nv24.08.17622132-cp310-cp310-linux_aarch64.whl"
+TORCH_VERSION="2.5.0a0+872d972e41"
+MODELOPT_PIN="nvidia-modelopt~=0.15.0"
+NUMPY_VERSION="1.26.1"  # NVIDIA's Jetson guide; within the branch's numpy<2
 
 ROOT="${WATUS_JETSON_ROOT:-}"
 DRY=0
@@ -63,7 +72,7 @@ JTOP=0
 CONTAINERS=0
 PROBLEMS=0
 
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { local code="$1"; shift; printf 'setup.sh: %s\n' "$*" >&2; exit "$code"; }
 say() { printf '==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -116,6 +125,9 @@ run_sh() {  # a shell line (pipes, cd, globs): printed as written under --dry-ru
 have() { command -v "$1" >/dev/null 2>&1; }
 venv_has() {  # venv_has "python statement": true when the venv's python runs it
   [ -x "$PY" ] && "$PY" -c "$1" >/dev/null 2>&1
+}
+pip_tensorrt() {  # the `tensorrt` line of the venv's pip freeze (JetPack's python3-libnvinfer), if any
+  [ -x "$PY" ] && "$PY" -m pip freeze 2>/dev/null | grep -Ei '^tensorrt *(==|@)' | head -n 1
 }
 
 # ---- probing (read-only; also under --dry-run) -----------------------------------------------------
@@ -312,12 +324,31 @@ step_venv() {
     run python3 -m venv --system-site-packages "$VENV"
   fi
   run "$PY" -m pip install --upgrade pip
-  if venv_has 'import numpy; assert numpy.__version__ == "1.26.1"'; then info "numpy 1.26.1 present"
-  else run "$PY" -m pip install "numpy==1.26.1"; fi
-  # torch before anything that depends on it, from the Jetson index: PyPI's aarch64 torch has no CUDA for
-  # the Orin's integrated GPU, and pip would pick it to satisfy tensorrt_llm's requirement.
-  if venv_has 'import torch; assert torch.cuda.is_available()'; then info "torch with CUDA present"
-  else run "$PY" -m pip install --index-url "$INDEX" torch; fi
+  if venv_has "import numpy; assert numpy.__version__ == '$NUMPY_VERSION'"; then info "numpy $NUMPY_VERSION present"
+  else run "$PY" -m pip install "numpy==$NUMPY_VERSION"; fi
+  # The branch's torch before anything that depends on it: PyPI's aarch64 torch has no CUDA for the Orin's
+  # integrated GPU (pip would pick it to satisfy tensorrt_llm), and build_wheel.py would swap any other torch
+  # for this one, breaking what was built against it.
+  if venv_has "import torch; assert torch.__version__.startswith('$TORCH_VERSION') and torch.cuda.is_available()"; then
+    info "torch $TORCH_VERSION (the branch's JetPack 6.1 wheel) with CUDA present"
+  else run "$PY" -m pip install --index-url "$INDEX" "$TORCH_WHEEL" "numpy<2"; fi
+  if venv_has 'import modelopt; assert modelopt.__version__.startswith("0.15.")'; then info "nvidia-modelopt 0.15 present"
+  else run "$PY" -m pip install --index-url "$INDEX" "$MODELOPT_PIN" "numpy<2"; fi
+}
+
+check_pip_sees_tensorrt() {  # $1: what needs it. False (and a problem) when the venv's pip lists no tensorrt
+  local line
+  line="$(pip_tensorrt || true)"
+  if [ -n "$line" ]; then info "pip sees JetPack's TensorRT: $line"; return 0; fi
+  if [ ! -x "$PY" ]; then
+    info "no venv yet (dry run): $1 needs \`$PY -m pip freeze | grep -i '^tensorrt'\` to list tensorrt"
+    return 0
+  fi
+  problem "the venv's pip does not see tensorrt ($PY -m pip freeze lists none), and $1 needs it"
+  info "make JetPack's TensorRT Python package visible to the venv: sudo apt install python3-libnvinfer"
+  info "python3-libnvinfer-dev, with the venv made by python3 -m venv --system-site-packages (or set"
+  info "include-system-site-packages = true in $VENV/pyvenv.cfg); then \`$PY -m pip freeze | grep -i '^tensorrt'\` lists it"
+  return 1
 }
 
 step_trtllm() {
@@ -326,12 +357,20 @@ step_trtllm() {
      && [ -z "$TRTLLM_WHEEL" ] && [ "$BUILD_TRTLLM" = 0 ]; then
     info "already installed in $VENV"
   elif [ -n "$TRTLLM_WHEEL" ]; then
+    # Otherwise pip looks for the wheel's tensorrt requirement on the index instead of keeping JetPack's.
+    check_pip_sees_tensorrt "installing the wheel" || true
     run "$PY" -m pip install --index-url "$INDEX" "$TRTLLM_WHEEL"
   elif [ "$BUILD_TRTLLM" = 1 ]; then
     local src py
     src="$(printf '%q' "$TRTLLM_SRC")"; py="$(printf '%q' "$PY")"
+    # build_wheel.py stops unless `pip freeze` lists tensorrt: better to know before the clone and the build.
+    if ! check_pip_sees_tensorrt "scripts/build_wheel.py"; then
+      if [ "$DRY" = 0 ]; then die 5 "not building TensorRT-LLM until the venv's pip sees tensorrt (see above)"; fi
+      info "(a real run stops here)"
+    fi
     if [ ! -d "$TRTLLM_SRC/.git" ]; then run git clone "$TRTLLM_REPO" "$TRTLLM_SRC"; fi
-    # NVIDIA's steps for the Jetson branch (README4Jetson.md), with the venv's Python.
+    # NVIDIA's steps for the Jetson branch (README4Jetson.md), with the venv's Python. build_wheel.py first
+    # reinstalls requirements-dev-jetson.txt: with step 4's pins already in place that changes nothing.
     run_sh "cd $src && git checkout $TRTLLM_BRANCH"
     run_sh "cd $src && git lfs pull"
     run_sh "cd $src && $py scripts/build_wheel.py --clean --cuda_architectures 87 -DENABLE_MULTI_DEVICE=0 --build_type Release --benchmarks --use_ccache"
@@ -368,13 +407,16 @@ step_speech() {
 
 step_vision_tools() {
   local tpy="$TOOLS_VENV/bin/python"
-  say "vision export tools in $TOOLS_VENV (CUDA torch + ultralytics)"
+  say "vision export tools in $TOOLS_VENV (CUDA torch + ultralytics + onnxscript)"
   if [ ! -x "$tpy" ]; then run python3 -m venv --system-site-packages "$TOOLS_VENV"; fi
-  if [ -x "$tpy" ] && "$tpy" -c 'import torch, ultralytics; assert torch.cuda.is_available()' >/dev/null 2>&1; then
-    info "torch with CUDA and ultralytics present"
+  if [ -x "$tpy" ] && "$tpy" -c 'import torch, ultralytics, onnxscript; assert torch.cuda.is_available()' >/dev/null 2>&1
+  then
+    info "torch with CUDA, ultralytics and onnxscript present"
   else
     run "$tpy" -m pip install --index-url "$INDEX" torch torchvision
-    run "$tpy" -m pip install --index-url "$INDEX" "numpy<2" ultralytics onnx onnxslim
+    # Ultralytics exports ONNX through onnxscript on torch >= 2.7 and would pip-install it mid-export
+    # (which fails on an offline robot): installed here with the rest.
+    run "$tpy" -m pip install --index-url "$INDEX" "numpy<2" ultralytics onnx onnxslim onnxscript
   fi
   info "set WATUS_MODELS_TOOL_PYTHON=$tpy for watus models setup / export-yolo"
 }
@@ -392,13 +434,17 @@ verify() {  # what the venv can do on the GPU; counts problems
   local name stmt
   while IFS='|' read -r name stmt; do
     if "$PY" -c "$stmt" >/dev/null 2>&1; then info "ok       $name"; else problem "$name"; fi
-  done <<'EOF'
+  done <<EOF
 tensorrt (JetPack's python3-libnvinfer)|import tensorrt
 torch with CUDA|import torch; assert torch.cuda.is_available()
+torch is the branch's JetPack 6.1 wheel $TORCH_VERSION (did a later install replace it?)|import torch; assert torch.__version__.startswith("$TORCH_VERSION")
+numpy < 2 (TensorRT-LLM 0.12 and that torch are built against numpy 1.x)|import numpy; assert int(numpy.__version__.split(".")[0]) < 2
 tensorrt_llm 0.12|import tensorrt_llm; assert tensorrt_llm.__version__.startswith("0.12")
 ctranslate2 sees the GPU|import ctranslate2; assert ctranslate2.get_cuda_device_count() > 0
 onnxruntime has CUDAExecutionProvider|import onnxruntime as o; assert "CUDAExecutionProvider" in o.get_available_providers()
 EOF
+  if [ -n "$(pip_tensorrt || true)" ]; then info "ok       pip sees tensorrt (installs that require it keep JetPack's)"
+  else problem "pip sees no tensorrt: $PY -m pip freeze | grep -i '^tensorrt' lists nothing (deploy/jetson/README.md, step 4)"; fi
   if "$PY" -m pip show onnxruntime >/dev/null 2>&1; then
     problem "the CPU onnxruntime package is installed next to onnxruntime-gpu (run this script again to fix)"
   fi

@@ -7,7 +7,9 @@ engine through one of two backends, chosen by what the installed TensorRT-LLM of
 - `runtime.ModelRunnerCpp` (`trtllm_runner`) where the `LLM` API cannot be imported: one request at a
   time in a worker thread.
 This module owns what does not depend on the backend: the engine directory and tokenizer
-(`trtllm_dir`), the token budget of a request, stop ids as finish reasons, `info()` for `/v1/models`.
+(`trtllm_dir`), the token budget of a request, the finish reason (1.x's where it reports one, derived
+from the budget and the end ids otherwise: 0.12 and `ModelRunnerCpp` report none), `info()` for
+`/v1/models`. `trtllm_selftest` runs a short generation on the real engine (`watus doctor`).
 
 `tensorrt_llm` (and torch with it) is imported only in `load()`; importing this module is cheap.
 """
@@ -31,7 +33,7 @@ from trt_server.engines.base import (
     Tokenizer,
 )
 from trt_server.engines.hf_tokenizer import HFTokenizer
-from trt_server.engines.trtllm_common import INSTALL_HINT, Backend, import_tensorrt_llm, stop_ids
+from trt_server.engines.trtllm_common import INSTALL_HINT, Backend, finish_reason, import_tensorrt_llm, stop_ids
 from trt_server.engines.trtllm_dir import (
     MANIFEST_FILE,
     engine_limits,
@@ -127,6 +129,11 @@ class TrtLlmEngine:
     def ready(self) -> bool:
         return self._backend is not None
 
+    @property
+    def backend(self) -> Backend | None:
+        """The loaded backend (`LLM` API or `ModelRunnerCpp`), None before load()."""
+        return self._backend
+
     def check_grammar(self, schema: dict[str, object]) -> None:
         """xgrammar takes any valid JSON schema; the server has checked validity already."""
 
@@ -174,12 +181,21 @@ class TrtLlmEngine:
         if not params.ignore_eos and self._tok.eos_token_id is not None:
             ends.add(self._tok.eos_token_id)
         inner = backend.stream(prompt_ids, params, max_tokens)
+        produced, last = 0, None
         try:
-            async for new_ids, finish in inner:
+            async for step in inner:
+                if step.ids:
+                    produced += len(step.ids)
+                    last = step.ids[-1]
+                finish = finish_reason(step.reported, produced, max_tokens, last, ends) if step.done else None
                 # End-of-generation ids are the server's business only as a finish reason, never as text.
-                ids = [i for i in new_ids if i not in ends]
+                ids = [i for i in step.ids if i not in ends]
                 if ids or finish:
                     yield EngineDelta(token_ids=ids, text=None, n_tokens=len(ids), finish_reason=finish)
+                if finish:
+                    return
+            # A backend that ended without a last step: the reason is derived all the same.
+            yield EngineDelta(finish_reason=finish_reason(None, produced, max_tokens, last, ends))
         finally:
             await inner.aclose()
 

@@ -5,6 +5,10 @@ next (0.12.0-jetson on the robot, 1.x on x86 GPUs), so classes are looked up in 
 keyword arguments are matched to the installed signatures rather than to a version number. The
 request's sampling parameters map to the same knobs on the `LLM` API and on `ModelRunnerCpp`.
 
+Output objects differ the same way: 1.x's `CompletionOutput` carries `finish_reason` and `stop_reason`,
+0.12's (a slots dataclass) has neither, and `ModelRunnerCpp` reports no reason at all. So a backend
+yields what it was told (`Step.reported`) and the engine derives the finish reason (`finish_reason`).
+
 Nothing here imports `tensorrt_llm` at import time.
 """
 
@@ -14,7 +18,8 @@ import importlib
 import inspect
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -30,8 +35,20 @@ INSTALL_HINT = (
     "Without a GPU use WATUS_LLM_ENGINE=llamacpp."
 )
 
-#: New token ids of one step, and the finish reason on the last step.
-IdStream = AsyncGenerator[tuple[list[int], str | None], None]
+
+@dataclass(frozen=True)
+class Step:
+    """What one engine step produced."""
+
+    #: New token ids, as the engine returned them (end-of-generation ids included where it returns them).
+    ids: list[int] = field(default_factory=list)
+    #: True on the last step of a request.
+    done: bool = False
+    #: The finish reason the installed TensorRT-LLM reported on the last step (1.x), else None.
+    reported: str | None = None
+
+
+IdStream = AsyncGenerator[Step, None]
 
 
 class Backend(Protocol):
@@ -40,9 +57,12 @@ class Backend(Protocol):
     #: The name `/v1/models` reports ("llm" or "model_runner_cpp").
     api: str
     supports_grammar: bool
+    #: How the last request closed early was stopped (e.g. "RequestOutput.abort()"), or why it could not be;
+    #: "" before any. The self-test reports it: cancelling differs most between versions.
+    last_cancel: str
 
     def stream(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int) -> IdStream:
-        """New ids per step; closing the generator early cancels the request."""
+        """The request's steps, the last with `done`; closing the generator early cancels the request."""
         ...
 
     async def close(self) -> None: ...
@@ -88,9 +108,35 @@ def only(kwargs: dict[str, Any], names: set[str] | None, what: str) -> dict[str,
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def finish_reason(reported: object, produced: int, max_tokens: int) -> str:
+def reported_finish(completion: object) -> str | None:
+    """The finish reason a 1.x `CompletionOutput` carries, or None.
+
+    0.12's `CompletionOutput` is a `@dataclass(slots=True)` without `finish_reason` or `stop_reason` (they
+    arrived in 0.14): reading them there raises AttributeError, so they are only read where present.
+    1.x sets `stop_reason` (the stop token id or string) when a stop matched, with `finish_reason` "stop".
+    """
+    reason = getattr(completion, "finish_reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    if getattr(completion, "stop_reason", None) is not None:
+        return "stop"
+    return None
+
+
+def finish_reason(reported: str | None, produced: int, max_tokens: int, last_id: int | None,
+                  ends: Collection[int]) -> str:
+    """OpenAI's finish reason of a finished request: "stop" or "length".
+
+    1.x's own "stop"/"length" is taken as it is (it also says "length" when the engine's max_seq_len cut the
+    request short). Otherwise (0.12, `ModelRunnerCpp`, 1.x's "cancelled"/"timeout") it is derived: the
+    last token an end-of-generation or stop id means stop; the token budget used up means length; anything
+    else is an end id the executor did not return, so stop. Stop strings are matched by the server, which
+    sets "stop" itself.
+    """
     if reported in ("stop", "length"):
-        return str(reported)
+        return reported
+    if last_id is not None and last_id in ends:
+        return "stop"
     return "length" if produced >= max_tokens else "stop"
 
 

@@ -1,13 +1,23 @@
 """The TensorRT-LLM `LLM` API path: in-flight batching through `generate_async(..., streaming=True)`.
 
 TensorRT-LLM's executor runs every request of the `LLM` object in one batch, so concurrent requests
-share each decoding step. The two lines the robot meets differ:
-- 0.12.0-jetson: `tensorrt_llm.LLM` loads engines; `SamplingParams.max_tokens` defaults to 32 and the
-  seed is `random_seed` in some builds; `RequestOutput` has no `abort()`, the in-process executor's C++
-  `cancel_request(id)` stops a request; no guided decoding.
+share each decoding step. The two lines the robot meets differ (keyword names are taken from the
+installed signatures, never from a version number):
+- 0.12.0-jetson: `tensorrt_llm.LLM` loads engines. `SamplingParams` takes `max_new_tokens` (default 32),
+  `random_seed` and `stop_token_ids`. `CompletionOutput` is a `@dataclass(slots=True)` of `index, text,
+  token_ids, cumulative_logprob, logprobs, generation_logits` with a `text_diff` property: no
+  `finish_reason`, `stop_reason` or `token_ids_diff` (those came with 0.14). `RequestOutput` has no
+  `abort()`: a request is cancelled through the executor where the build exposes a way
+  (`_executor.abort_request`, or the in-process worker's C++ `engine.cancel_request(id)`); which one the
+  Orin's build takes is an open question of deploy/jetson/README.md. No guided decoding.
 - 1.x: `tensorrt_llm.LLM` is the PyTorch backend, engines load through `tensorrt_llm._tensorrt_engine.LLM`;
-  `seed`; `RequestOutput.abort()`; JSON-schema guided decoding through xgrammar (`GuidedDecodingParams`).
-Both report cumulative `outputs[0].token_ids`, so new ids are found by counting what was yielded.
+  `SamplingParams` takes `max_tokens` and `seed`; `CompletionOutput` adds `finish_reason`, `stop_reason`
+  and `token_ids_diff`; `RequestOutput.abort()`; JSON-schema guided decoding through xgrammar
+  (`GuidedDecodingParams`).
+Both keep a cumulative `outputs[0].token_ids`, so a step's new ids are the ones past those already
+yielded. That is what 1.x's `token_ids_diff` holds too, but only when each step is read exactly once;
+the difference of the cumulative list does not depend on that, and 0.12 has nothing else. The finish
+reason is 1.x's where it reports one; the engine derives it otherwise (`trtllm_common.finish_reason`).
 """
 
 from __future__ import annotations
@@ -22,11 +32,12 @@ from trt_server.engines.base import EngineError, SamplingParams
 from trt_server.engines.hf_tokenizer import HFTokenizer
 from trt_server.engines.trtllm_common import (
     IdStream,
+    Step,
     accepted,
-    finish_reason,
     import_attr,
     only,
     pad_id,
+    reported_finish,
     sampling_knobs,
     stop_ids,
 )
@@ -46,6 +57,7 @@ class LlmApiBackend:
         self._sampling_fields = accepted(sampling_cls)
         self._guided_cls = guided_cls
         self.supports_grammar = guided_cls is not None
+        self.last_cancel = ""
 
     @classmethod
     def open(cls, engine_dir: Path, tokenizer_dir: Path, tok: HFTokenizer,
@@ -78,7 +90,7 @@ class LlmApiBackend:
         """The installed `SamplingParams` for a request, under the names this version takes."""
         fields = self._sampling_fields
         kw: dict[str, Any] = {"end_id": self._tok.eos_token_id, "pad_id": pad_id(self._tok), "detokenize": False}
-        # 0.12 and 1.x default max_tokens to 32: always set it (pre-0.12 called it max_new_tokens).
+        # 0.12 calls it max_new_tokens, 1.x max_tokens; both default to 32, so it is always set.
         old_name = fields is not None and "max_tokens" not in fields
         kw["max_new_tokens" if old_name else "max_tokens"] = max_tokens
         if params.ignore_eos:
@@ -117,14 +129,14 @@ class LlmApiBackend:
                 except Exception as e:
                     raise EngineError(f"TensorRT-LLM failed: {e}") from e
                 completion = output.outputs[0]
-                ids = list(completion.token_ids or ())
+                ids = list(completion.token_ids or ())  # cumulative in 0.12 and 1.x
                 new = ids[seen:]
                 seen = max(seen, len(ids))
                 finished = bool(getattr(output, "finished", False))
-                yield new, finish_reason(completion.finish_reason, seen, max_tokens) if finished else None
+                yield Step(new, done=finished, reported=reported_finish(completion) if finished else None)
             if not finished:
                 finished = True
-                yield [], finish_reason(None, seen, max_tokens)
+                yield Step(done=True)
         finally:
             if not finished:
                 self._abort(result)
@@ -135,15 +147,19 @@ class LlmApiBackend:
         executor = getattr(self.llm, "_executor", None)
         try:
             if callable(getattr(result, "abort", None)):  # 1.x
+                self.last_cancel = "RequestOutput.abort()"
                 result.abort()
             elif executor is not None and hasattr(executor, "abort_request"):
+                self.last_cancel = "LLM._executor.abort_request()"
                 executor.abort_request(rid)
             elif executor is not None and hasattr(getattr(executor, "engine", None), "cancel_request"):
-                executor.engine.cancel_request(rid)  # 0.12, in-process executor
+                self.last_cancel = "LLM._executor.engine.cancel_request()"  # 0.12, in-process executor
+                executor.engine.cancel_request(rid)
             else:
+                self.last_cancel = "none: this TensorRT-LLM offers no way, the request runs to its end"
                 log.debug("request %s cannot be cancelled in this TensorRT-LLM; it runs to its end", rid)
                 return
-            log.debug("request %s aborted", rid)
+            log.debug("request %s aborted through %s", rid, self.last_cancel)
         except Exception:  # the request may have just finished
             log.debug("aborting request %s failed", rid, exc_info=True)
 

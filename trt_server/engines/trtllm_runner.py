@@ -2,8 +2,11 @@
 
 `runtime.ModelRunnerCpp.generate(..., streaming=True)` is a blocking generator that reads every response
 of the executor, so it runs one request at a time, drained in a single worker thread and bridged to
-asyncio with a queue. A request is cancelled by the id the executor gave it, learnt by standing in for
-the runner's executor.
+asyncio with a queue. The runner keeps its `bindings.executor.Executor` as `runner.session` in
+0.12.0-jetson (`model_runner_cpp.py`: `self.session.enqueue_requests(...)`, `await_responses()`) and as
+`runner.executor` in later versions. Whichever it is, this module stands in for it to learn the ids it
+enqueues, cancels a request closed early through it (`cancel_request(id)`), and shuts it down on close.
+The runner reports no finish reason; the engine derives it (`trtllm_common.finish_reason`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from trt_server.engines.hf_tokenizer import HFTokenizer
 from trt_server.engines.trtllm_common import (
     INSTALL_HINT,
     IdStream,
+    Step,
     accepted,
-    finish_reason,
     import_attr,
     only,
     pad_id,
@@ -33,9 +36,20 @@ from trt_server.engines.trtllm_common import (
 
 log = logging.getLogger(__name__)
 
+#: Where `ModelRunnerCpp` keeps its executor: `session` (0.12.0-jetson), `executor` (later versions).
+EXECUTOR_ATTRS = ("session", "executor")
+
+
+def executor_attr(runner: Any) -> str | None:
+    """The attribute of `runner` that holds its executor (the one with `enqueue_requests`), or None."""
+    for name in EXECUTOR_ATTRS:
+        if callable(getattr(getattr(runner, name, None), "enqueue_requests", None)):
+            return name
+    return None
+
 
 class _RequestIdRecorder:
-    """Stands in for `ModelRunnerCpp.executor` to learn the ids it enqueues, so a request can be cancelled."""
+    """Stands in for the runner's executor to learn the ids it enqueues, so a request can be cancelled."""
 
     def __init__(self, executor: Any) -> None:
         self._executor = executor
@@ -61,9 +75,12 @@ class RunnerBackend:
     api = "model_runner_cpp"
     supports_grammar = False
 
-    def __init__(self, runner: Any, tok: HFTokenizer) -> None:
+    def __init__(self, runner: Any, tok: HFTokenizer, executor_attr: str | None) -> None:
         self.runner = runner
         self._tok = tok
+        #: `session` or `executor`: where the runner's (wrapped) executor is; None where it has none.
+        self.executor_attr = executor_attr
+        self.last_cancel = ""
         # generate() reads every response of the executor: one request at a time.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtllm")
 
@@ -77,9 +94,17 @@ class RunnerBackend:
         kwargs = {"rank": rank, "kv_cache_free_gpu_memory_fraction": kv_cache_fraction}
         runner = runner_cls.from_dir(str(engine_dir), **only(kwargs, accepted(runner_cls.from_dir),
                                                               "ModelRunnerCpp.from_dir()"))
-        if getattr(runner, "executor", None) is not None:
-            runner.executor = _RequestIdRecorder(runner.executor)
-        return cls(runner, tok)
+        attr = executor_attr(runner)
+        if attr is None:
+            log.warning("this ModelRunnerCpp keeps no executor as %s: a request closed early runs to its end",
+                        " or ".join(EXECUTOR_ATTRS))
+        else:
+            setattr(runner, attr, _RequestIdRecorder(getattr(runner, attr)))
+        return cls(runner, tok, attr)
+
+    def _executor(self) -> Any:
+        """The runner's executor (wrapped by open()), or None."""
+        return getattr(self.runner, self.executor_attr, None) if self.executor_attr else None
 
     def generate_kwargs(self, params: SamplingParams, max_tokens: int) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -115,12 +140,13 @@ class RunnerBackend:
                 if not cancelled.is_set():
                     self._drain(prompt_ids, kwargs, cancelled, emit)
             except BaseException as e:  # handed to the consumer, raised there
+                if cancelled.is_set():  # nobody reads it any more
+                    log.debug("ModelRunnerCpp request failed after it was cancelled", exc_info=True)
                 emit(e)
             finally:
                 emit(None)
 
         future = loop.run_in_executor(self._pool, run)
-        produced = 0
         try:
             while True:
                 item = await queue.get()
@@ -128,9 +154,8 @@ class RunnerBackend:
                     break
                 if isinstance(item, BaseException):
                     raise EngineError(f"TensorRT-LLM failed: {item}") from item
-                produced += len(item)
-                yield item, None
-            yield [], finish_reason(None, produced, max_tokens)
+                yield Step(item)
+            yield Step(done=True)
         finally:
             cancelled.set()
             # A running request is cancelled at its next step, so waiting is short; one still queued
@@ -164,10 +189,12 @@ class RunnerBackend:
                     emit([int(i) for i in new])
 
     def _cancel_request(self) -> None:
-        recorder = getattr(self.runner, "executor", None)
+        recorder = self._executor()
         if not isinstance(recorder, _RequestIdRecorder) or not hasattr(recorder, "cancel_request"):
+            self.last_cancel = "none: this ModelRunnerCpp has no executor to cancel through; it runs to its end"
             log.debug("ModelRunnerCpp request cannot be cancelled; draining it")
             return
+        self.last_cancel = f"ModelRunnerCpp.{self.executor_attr}.cancel_request()"
         for rid in recorder.last_ids:
             try:
                 recorder.cancel_request(rid)
@@ -175,11 +202,10 @@ class RunnerBackend:
                 log.debug("cancelling request %s failed", rid, exc_info=True)
 
     async def close(self) -> None:
-        await asyncio.to_thread(_shutdown, self.runner)
+        await asyncio.to_thread(self._shutdown)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _shutdown(runner: Any) -> None:
-    executor = getattr(runner, "executor", None)
-    if executor is not None and callable(getattr(executor, "shutdown", None)):
-        executor.shutdown()
+    def _shutdown(self) -> None:
+        executor = self._executor()
+        if executor is not None and callable(getattr(executor, "shutdown", None)):
+            executor.shutdown()

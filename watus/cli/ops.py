@@ -179,7 +179,12 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def doctor() -> None:
+def doctor(
+    llm_selftest: Annotated[bool, typer.Option(
+        "--llm-selftest/--no-llm-selftest",
+        help="Load the TensorRT-LLM engine and run its self-test (where WATUS_LLM_ENGINE=trtllm or tensorrt_llm "
+        "is installed).")] = True,
+) -> None:
     """Check models, devices, GPU/TensorRT and ports, and say what to do about each problem."""
     checks: list[tuple[str, bool, str]] = []
 
@@ -222,6 +227,14 @@ def doctor() -> None:
         add("TensorRT-LLM", importlib.util.find_spec("tensorrt_llm") is not None,
             "deploy/jetson/setup.sh installs it (see docs/jetson.md)")
         add("TensorRT", importlib.util.find_spec("tensorrt") is not None, "install TensorRT (JetPack ships it)")
+    from trt_server.engines import trtllm_selftest as selftest
+
+    target = selftest.settings_plan() if llm_selftest else selftest.Skip("--no-llm-selftest")
+    if isinstance(target, selftest.Skip):
+        add(f"TensorRT-LLM self-test: skipped ({target.reason})", not target.problem, "fix the WATUS_LLM_* settings")
+    else:
+        with console.status("TensorRT-LLM self-test: loading the engine (about a minute) ..."):
+            add(*selftest.doctor_line(target))
     for s in SERVICES:
         port = int(s.url().rsplit(":", 1)[1])
         free = _port_free(port)
