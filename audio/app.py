@@ -29,10 +29,11 @@ from audio.runtime import AudioRuntime, Models, load_models
 from audio.serving import AudioState, check_text, resolve_voice, speech, transcribe_upload
 from audio.settings import AudioSettings
 from audio.tts.base import TtsError
+from audio.turn_model import TurnModelError
 from watus.core import metrics as m
 from watus.core.memwatch import SwapWatch
 from watus.core.timing import TURN_HEADER, clean_turn_id
-from watus.core.wire.audio import StatusEvent
+from watus.core.wire.audio import ReleaseRequest, ReleaseResponse, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ async def _load(app: FastAPI, settings: AudioSettings, preloaded: Models | None,
         log.info("audio service ready on %s:%d", settings.host, settings.port)
     except Exception as e:
         app.state.load_error = str(e)
-        if isinstance(e, (AsrError, TtsError, DeviceError)):  # a model or device problem: one clear line
+        if isinstance(e, (AsrError, TtsError, DeviceError, TurnModelError)):  # model or device: one line
             log.error("could not start the audio service: %s", e)
         else:  # a bug: keep the traceback
             log.exception("could not start the audio service: %s", e)
@@ -155,7 +156,7 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
         turn = req.turn_id or clean_turn_id(x_watus_turn)
         barge_in = state.settings.barge_in if req.barge_in is None else req.barge_in
         result: SayResponse = await speaker.say(text, voice, req.speed, turn, req.interrupt, req.final, req.sequential,
-                                                barge_in=barge_in)
+                                                barge_in=barge_in, hold=req.hold)
         return JSONResponse(result.model_dump(), status_code=202, headers={TURN_HEADER: result.turn_id})
 
     @app.post("/v1/stop")
@@ -163,6 +164,14 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
         speaker = state.runtime.speaker
         assert speaker is not None
         return await speaker.stop()
+
+    @app.post("/v1/release")
+    async def release(req: ReleaseRequest, state: State) -> ReleaseResponse:
+        """Play a turn held by `say` with `hold` (the agent confirmed its preemptive reply)."""
+        speaker = state.runtime.speaker
+        assert speaker is not None
+        released, chunks = speaker.release(req.turn_id)
+        return ReleaseResponse(turn_id=req.turn_id, released=released, chunks=chunks)
 
     @app.get("/v1/events")
     async def events(request: Request, state: State) -> StreamingResponse:

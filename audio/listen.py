@@ -32,7 +32,7 @@ from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterCo
 from audio.settings import AudioSettings
 from audio.vad import Vad
 from watus.core.timing import new_turn_id
-from watus.core.wire.audio import SpeechEnded, SpeechStarted
+from watus.core.wire.audio import SpeculativeTranscript, SpeechEnded, SpeechResumed, SpeechStarted, TurnEnd
 from watus.core.wire.audio import Transcript as TranscriptEvent
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ class _End:
 class _Speculation:
     future: Future[Transcript]
     end: int
+    stale: bool = False  # speech resumed: its transcript is not the utterance's
+
+
+class EndOfTurn(Protocol):
+    """The end-of-turn model, as the listener uses it (`audio.turn_model`): complete, incomplete or unsure."""
+
+    def decide(self, audio: F32) -> tuple[str, float, float]:
+        """(decision, probability complete, inference ms) for the utterance so far."""
+        ...
 
 
 def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: bool) -> SegmenterConfig:
@@ -72,7 +81,8 @@ def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: b
 
 class Listener:
     def __init__(self, settings: AudioSettings, vad: Vad, asr: AsrRunner, bus: EventBus, metrics: AudioMetrics,
-                 speaker: SpeakerState | None, options: TranscribeOptions) -> None:
+                 speaker: SpeakerState | None, options: TranscribeOptions,
+                 end_of_turn: EndOfTurn | None = None) -> None:
         self._settings = settings
         self._vad = vad
         self._asr = asr
@@ -80,6 +90,9 @@ class Listener:
         self._metrics = metrics
         self._speaker = speaker
         self._options = options
+        self._end_of_turn = end_of_turn
+        self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
+        self._decision: tuple[str, float | None, float | None] = ("silence", None, None)
         self._queue: queue.Queue[tuple[F32, int, int] | _End] = queue.Queue(settings.mic_queue_blocks)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -193,20 +206,27 @@ class Listener:
         now = time.monotonic_ns()
         if isinstance(ev, SpeechStart):
             self._speech_start_ns = now
+            self._utterance = new_turn_id()
+            self._decision = ("silence", None, None)
             talking = self._speaker is not None and self._speaker.talking()
             # A fact for the agent (who decides barge-in); the speaker stops by itself only if the say
             # request playing asked for that (direct callers of /v1/say).
             stopped = bool(talking and self._speaker is not None and self._speaker.interrupt_on_speech())
             self._barge_in = talking
-            self._bus.publish_threadsafe(SpeechStarted(t_ns=now, audio_s=round(ev.start / ASR_RATE, 3),
+            self._bus.publish_threadsafe(SpeechStarted(t_ns=now, turn_id=self._utterance,
+                                                       audio_s=round(ev.start / ASR_RATE, 3),
                                                        captured_ns=self._at(ev.start), during_playback=talking,
                                                        barge_in=stopped))
         elif isinstance(ev, Pause):
             # Only where time is real: a file read as fast as possible reaches the end at once anyway.
             if self.realtime and self._settings.asr_speculative:
                 self._speculate(ev)
+            if self._end_of_turn is not None:
+                self._decide_end(ev)
         elif isinstance(ev, Resume):
             self._cancel_speculation()
+            self._decision = ("silence", None, None)
+            self._bus.publish_threadsafe(SpeechResumed(t_ns=now, turn_id=self._utterance))
         elif isinstance(ev, Dropped):
             self._cancel_speculation()
             self._metrics.utterances.labels("too_short").inc()
@@ -215,24 +235,63 @@ class Listener:
         elif isinstance(ev, SpeechEnd):
             self._end_of_speech(ev, now)
 
+    def _decide_end(self, ev: Pause) -> None:
+        """At the first pause: is the turn over? Sure: end it now; sure it is not: wait longer."""
+        assert self._end_of_turn is not None
+        try:
+            decision, prob, ms = self._end_of_turn.decide(ev.audio)
+        except Exception:  # a failing model must not stop listening: the silence tail decides
+            log.exception("end-of-turn model failed; using the silence tail")
+            return
+        self._decision = (decision, prob, ms)
+        self._metrics.turn_decisions.labels(decision).inc()
+        if decision == "complete":
+            for end in self._seg.end_now("complete"):
+                self._handle(end)
+        elif decision == "incomplete":
+            self._seg.wait_longer(self._settings.turn_incomplete_wait_ms)
+
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
-        self._spec = _Speculation(self._asr.submit(ev.audio, self._options, source="mic"), ev.end)
+        spec = _Speculation(self._asr.submit(ev.audio, self._options, source="mic"), ev.end)
+        self._spec = spec
+        utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
+
+        def done(f: Future[Transcript]) -> None:
+            # The agent may start its reply from this (and hold the audio until the final transcript).
+            if f.cancelled() or spec.stale or f.exception() is not None or not f.result().text.strip():
+                return
+            t = f.result()
+            self._bus.publish_threadsafe(SpeculativeTranscript(
+                t_ns=time.monotonic_ns(), turn_id=utterance, text=t.text, language=t.language, pause_ns=pause_ns,
+                speech_end_captured_ns=captured, asr_ms=round(t.asr_ms, 1)))
+
+        spec.future.add_done_callback(done)
 
     def _cancel_speculation(self) -> None:
         if self._spec is not None:
+            self._spec.stale = True
             self._spec.future.cancel()
             self._metrics.speculative.labels("discarded").inc()
             self._spec = None
 
     def _end_of_speech(self, ev: SpeechEnd, t0: int) -> None:
-        turn = new_turn_id()
+        turn = self._utterance or new_turn_id()
         self._metrics.utterances.labels(ev.reason).inc()
         speech_ms = (ev.end - ev.start) * 1000 / ASR_RATE
         end_captured = self._at(ev.end)
         self._bus.publish_threadsafe(SpeechEnded(
             t_ns=t0, turn_id=turn, audio_s=round(ev.end / ASR_RATE, 3), speech_ms=round(speech_ms, 1),
             reason=ev.reason, captured_ns=end_captured))
+        decision, prob, model_ms = self._decision
+        if ev.reason != "silence":  # complete (the model ended it), max_length, end_of_input
+            decision = ev.reason
+        elif decision != "incomplete":  # the silence tail ended it (the model was unsure, or did not run)
+            decision = "silence"
+        self._bus.publish_threadsafe(TurnEnd(
+            t_ns=t0, turn_id=turn, decision=decision, probability=None if prob is None else round(prob, 3),
+            silence_ms=round((self._seg.position - ev.end) * 1000 / ASR_RATE, 1),
+            model_ms=None if model_ms is None else round(model_ms, 1)))
         spec, self._spec = self._spec, None
         if spec is not None and spec.end == ev.end and not spec.future.cancelled():
             future, speculative = spec.future, True

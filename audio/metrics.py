@@ -36,6 +36,8 @@ class AudioMetrics:
         self.dropped_frames = m.counter("watus_audio_dropped_frames_total", "Microphone frames dropped "
                                         "(bounded queue full, or device overflow).", r, ("reason",))
         self.utterances = m.counter("watus_audio_utterances_total", "Utterances by outcome.", r, ("outcome",))
+        self.turn_decisions = m.counter("watus_audio_turn_end_decisions_total", "End-of-turn model decisions at "
+                                        "the first pause: complete, incomplete, unsure.", r, ("decision",))
         self.speculative = m.counter("watus_audio_speculative_asr_total", "Speculative transcriptions by "
                                      "outcome (used, discarded).", r, ("outcome",))
         self.interruptions = m.counter("watus_audio_interruptions_total", "Playback interrupted, by reason.",

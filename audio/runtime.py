@@ -22,10 +22,12 @@ from audio.devices.supervisor import MicSupervisor
 from audio.events import EventBus
 from audio.listen import Listener
 from audio.metrics import AudioMetrics
-from audio.settings import AudioSettings
+from audio.pcm import F32
+from audio.settings import AudioSettings, TurnEndKind
 from audio.speak import SpeakQueue
 from audio.tts import Voices, select_tts
 from audio.tts.runner import TtsRunner
+from audio.turn_model import TurnModel, decide, model_path
 from audio.vad import select_vad
 from watus.core.wire.audio import MicEvent
 
@@ -38,10 +40,34 @@ class Models:
     tts: TtsRunner
     voices: Voices
     load_ms: dict[str, float] = field(default_factory=dict)
+    turn: TurnModel | None = None  # the end-of-turn model (`WATUS_AUDIO_TURN_END=model`)
 
     def close(self) -> None:
         self.asr.close()
         self.tts.close()
+
+
+class ModelEndOfTurn:
+    """The end-of-turn decision the listener asks for at the first pause: the model and two thresholds."""
+
+    def __init__(self, model: TurnModel, complete_at: float, incomplete_below: float) -> None:
+        self._model = model
+        self._complete_at = complete_at
+        self._incomplete_below = incomplete_below
+
+    def decide(self, audio: F32) -> tuple[str, float, float]:
+        t = time.perf_counter()
+        prob = self._model.predict(audio)
+        ms = (time.perf_counter() - t) * 1000
+        return decide(prob, self._complete_at, self._incomplete_below), prob, ms
+
+
+def load_turn_model(settings: AudioSettings) -> TurnModel:
+    """The Smart Turn model named by the settings (or the cache's), loaded; raises TurnModelError."""
+    path = settings.turn_model_path or model_path(settings.model_cache_dir)
+    model = TurnModel(path, threads=settings.turn_model_threads)
+    model.load()
+    return model
 
 
 def asr_options(settings: AudioSettings) -> TranscribeOptions:
@@ -70,6 +96,11 @@ async def load_models(settings: AudioSettings, metrics: AudioMetrics | None = No
     await asyncio.gather(timed("asr_load", asyncio.wrap_future(asr.load())),
                          timed("tts_load", asyncio.wrap_future(tts.run(load_tts))))
     voices = Voices(tts_engines)
+    turn: TurnModel | None = None
+    if settings.turn_end is TurnEndKind.model:
+        t = time.perf_counter()
+        turn = await asyncio.to_thread(load_turn_model, settings)
+        times["turn_model_load"] = round((time.perf_counter() - t) * 1000, 1)
     if settings.warmup:
         default = voices.default
 
@@ -80,7 +111,7 @@ async def load_models(settings: AudioSettings, metrics: AudioMetrics | None = No
         await asyncio.gather(timed("asr_warmup", asyncio.wrap_future(asr.warm_up(asr_options(settings)))),
                              timed("tts_warmup", asyncio.wrap_future(tts.run(warm_tts))))
     log.info("models ready: ASR %s, default voice %s (%s)", asr_engine.model_id, voices.default.name, times)
-    return Models(asr, tts, voices, times)
+    return Models(asr, tts, voices, times, turn)
 
 
 class AudioRuntime:
@@ -116,7 +147,10 @@ class AudioRuntime:
             log.info("no microphone: listening is off (WATUS_AUDIO_MIC_BACKEND)")
             return
         vad = await asyncio.to_thread(select_vad, s)
-        self.listener = Listener(s, vad, self.models.asr, self.bus, self.metrics, self.speaker, asr_options(s))
+        end_of_turn = (ModelEndOfTurn(self.models.turn, s.turn_complete_at, s.turn_incomplete_below)
+                       if self.models.turn is not None else None)
+        self.listener = Listener(s, vad, self.models.asr, self.bus, self.metrics, self.speaker, asr_options(s),
+                                 end_of_turn)
         self.listener.start()
         listener = self.listener
         self.mic = MicSupervisor(factory, listener.feed, listener.end_of_input, s.mic_retry_initial_s,

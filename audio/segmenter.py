@@ -6,6 +6,8 @@ from before); inside an utterance a frame counts as speech while its probability
 threshold (hysteresis, as Silero's own segmenter does); `end_silence_ms` of silence ends it (the
 turn's t0); a pause of `pause_ms` first emits `Pause` so a speculative transcription can start;
 utterances are cut at `max_utterance_ms`; those with less than `min_utterance_ms` of speech are dropped.
+An end-of-turn model may decide earlier (`end_now`) or ask to wait longer (`wait_longer`) for this
+utterance; the next one starts again from `end_silence_ms`.
 
 While the robot talks the gate can be raised (a higher probability and a minimum level are needed to
 start) or closed (nothing starts): that is the half-duplex echo guard.
@@ -103,6 +105,7 @@ class Segmenter:
         self._silence = 0
         self._paused = False
         self._tail = cfg.frames(cfg.tail_ms)
+        self._end_frames = cfg.frames(cfg.end_silence_ms)
 
     @property
     def in_speech(self) -> bool:
@@ -132,11 +135,24 @@ class Segmenter:
                 self._paused = True
                 events.append(Pause(self._audio(), self._last_speech_end))
         length_ms = (self._pos - self._start) * 1000 / cfg.sample_rate
-        if self._silence >= cfg.frames(cfg.end_silence_ms):
+        if self._silence >= self._end_frames:
             events.append(self._finish("silence"))
         elif length_ms >= cfg.max_utterance_ms:
             events.append(self._finish("max_length"))
         return events
+
+    def end_now(self, reason: str) -> list[SegEvent]:
+        """End the utterance in progress at once (the end-of-turn model is sure it is complete)."""
+        return [self._finish(reason)] if self._in_speech else []
+
+    def wait_longer(self, silence_ms: int) -> None:
+        """This utterance ends only after `silence_ms` of silence (the person is likely to go on)."""
+        self._end_frames = max(self._end_frames, self.cfg.frames(silence_ms))
+
+    @property
+    def silence_ms(self) -> float:
+        """Silence since the last speech frame of the utterance in progress."""
+        return (self._pos - self._last_speech_end) * 1000 / self.cfg.sample_rate if self._in_speech else 0.0
 
     def flush(self) -> list[SegEvent]:
         """End of input: close an utterance in progress."""
@@ -185,6 +201,7 @@ class Segmenter:
         self._in_speech = False
         self._frames = []
         self._silence, self._paused = 0, False
+        self._end_frames = cfg.frames(cfg.end_silence_ms)
         speech_ms = (end - start) * 1000 / cfg.sample_rate
         if speech_ms < cfg.min_utterance_ms:
             return Dropped(start, end, "too_short")

@@ -65,6 +65,13 @@ class SpeakerBackend(str, enum.Enum):
     null = "null"  # paced in real time and discarded: the speaking queue behaves as with a speaker
 
 
+class TurnEndKind(str, enum.Enum):
+    """How the end of a person's turn is decided."""
+
+    silence = "silence"  # `vad_end_silence_ms` of silence
+    model = "model"  # the Smart Turn model at the first pause; the silence tail when it is unsure
+
+
 class AudioSettings(WatusSettings):
     """Everything the audio process reads from the environment (prefix `WATUS_AUDIO_`)."""
 
@@ -103,6 +110,22 @@ class AudioSettings(WatusSettings):
     )
     asr_speculative_silence_ms: int = Field(
         200, ge=30, le=5000, description="Silence after which a speculative transcription starts.")
+    # --- end of turn --------------------------------------------------------------------------------
+    turn_end: TurnEndKind = Field(TurnEndKind.silence, description="End of a turn: `silence` (the VAD's silence "
+                                  "tail) or `model` (the Smart Turn v3 model at the first pause: sure it is "
+                                  "complete → the turn ends there; sure it is not → wait up to "
+                                  "`turn_incomplete_wait_ms`; unsure → the silence tail).")
+    turn_model_path: Path | None = Field(None, description="Smart Turn ONNX model. Empty: the one `watus models "
+                                         "setup` prepared in the model cache.")
+    turn_complete_at: float = Field(0.99, gt=0, le=1, description="Model probability at or above which the turn "
+                                    "is complete. Measured on synthetic voices, fragments score up to 0.985, so "
+                                    "the default ends no turn early there; lower it only after measuring your "
+                                    "users' speech (docs/benchmarks.md).")
+    turn_incomplete_below: float = Field(0.05, ge=0, lt=1, description="Model probability below which the person "
+                                         "is surely going on (the turn then waits `turn_incomplete_wait_ms`).")
+    turn_incomplete_wait_ms: int = Field(1000, ge=0, le=10_000, description="Silence that ends a turn the model "
+                                         "called incomplete.")
+    turn_model_threads: int = Field(1, ge=1, le=16, description="CPU threads of the end-of-turn model.")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, le=2**31, description="Largest upload to "
                                   "`/v1/audio/transcriptions` (bytes); larger gets 413.")
     max_upload_seconds: float = Field(600.0, gt=0, le=36000, description="Longest upload to transcribe (s).")

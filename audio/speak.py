@@ -9,6 +9,9 @@ before an interruption stale at once, wherever it is (waiting, synthesising, or 
 
 Events: `playback_started` (first block of a turn handed to the device), `playback_finished` (the
 speaker went idle after that turn's audio played), `interrupted` (played ms, and how long stopping took).
+A `say` with `hold` is synthesised at once but parked: nothing of its turn plays until `release(turn)`
+(a preemptive reply, started before the person had surely finished), and a held turn does not count as
+talking (the person may still be speaking: the half-duplex gate must stay open).
 The speaker obeys; it does not decide what a turn is. It stops by itself on speech only when the `say`
 request playing asked it to (`barge_in`); the agent asks it not to, and sends `stop` when it decides.
 """
@@ -88,6 +91,8 @@ class SpeakQueue:
         self._played_samples = 0
         self._interrupt_req: tuple[str, int] | None = None
         self._barge_in = True  # of the latest say request: stop by itself when speech starts
+        self._held: dict[str, int] = {}  # held turn -> its jobs not yet played
+        self._parked: dict[str, list[_Audio]] = {}  # held turn -> its audio, in order
         self._last_audio_end = 0.0
         self._thread: threading.Thread | None = None
         self._synth_task: asyncio.Task[None] | None = None
@@ -128,7 +133,7 @@ class SpeakQueue:
 
     def talking(self, tail_ms: float = 0.0) -> bool:
         """Whether the robot is talking (or stopped less than `tail_ms` ago, for the echo tail)."""
-        if self._active_turn is not None or self._outstanding > 0:
+        if self._active_turn is not None or self._outstanding > sum(self._held.values()):
             return True
         return tail_ms > 0 and (time.monotonic() - self._last_audio_end) * 1000 < tail_ms
 
@@ -141,7 +146,7 @@ class SpeakQueue:
 
     async def say(self, text: str, voice: VoiceRef, speed: float = 1.0, turn_id: str | None = None,
                   interrupt: bool = False, final: bool = False, sequential: bool = False,
-                  barge_in: bool = True) -> SayResponse:
+                  barge_in: bool = True, hold: bool = False) -> SayResponse:
         received = time.monotonic_ns()
         if interrupt:
             self.interrupt("replaced")
@@ -156,6 +161,8 @@ class SpeakQueue:
             job = _Job(self._gen, turn, pieces, voice, speed, received, final, sequential, barge_in)
             self._outstanding += 1
             self._barge_in = barge_in
+            if hold or turn in self._held:
+                self._held[turn] = self._held.get(turn, 0) + 1
         self._set_pieces(len(pieces))
         self._jobs.put_nowait(job)
         return SayResponse(turn_id=turn, sentences=len(pieces), queue_depth=self._pieces)
@@ -164,6 +171,26 @@ class SpeakQueue:
         cleared = self._pieces
         stopped = self.interrupt("stop")
         return StopResponse(stopped=stopped, cleared=cleared)
+
+    def release(self, turn_id: str) -> tuple[bool, int]:
+        """Play what is held for `turn_id` (and all of it that follows); (was held, chunks waiting)."""
+        with self._lock:
+            if turn_id not in self._held:
+                return False, 0
+            del self._held[turn_id]
+            parked = self._parked.pop(turn_id, [])
+            for item in parked:  # under the lock: nothing of the turn can overtake them
+                self._play.put(item)
+        log.info("turn %s released (%d chunks ready)", turn_id, len(parked))
+        return True, len(parked)
+
+    def _enqueue(self, item: _Audio) -> None:
+        """To the playback thread, or parked while its turn is held (any thread)."""
+        with self._lock:
+            if item.turn_id in self._held and item.gen == self._gen:
+                self._parked.setdefault(item.turn_id, []).append(item)
+            else:
+                self._play.put(item)
 
     def interrupt_on_speech(self) -> bool:
         """Speech started (listener thread): stop if talking and the say request allowed it. True if stopped."""
@@ -177,6 +204,8 @@ class SpeakQueue:
                 return False
             self._gen += 1
             self._outstanding = 0
+            self._held.clear()
+            self._parked.clear()
             self._final_turns.clear()
             playing = self._active_turn is not None
             if playing:
@@ -202,7 +231,7 @@ class SpeakQueue:
                 raise
             except Exception as e:  # a failed synthesis drops that text; the queue goes on
                 log.exception("synthesis for turn %s failed: %s", job.turn_id, e)
-                self._play.put(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False))
+                self._enqueue(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False))
 
     def _canceller(self, job: _Job) -> Callable[[], bool]:
         return lambda: job.gen != self._gen
@@ -217,9 +246,9 @@ class SpeakQueue:
             nonlocal first
             if chunk.last:
                 for item in held:
-                    self._play.put(item)
-                self._play.put(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False,
-                                      job.final))
+                    self._enqueue(item)
+                self._enqueue(_Audio(job.gen, job.turn_id, np.zeros(0, np.float32), True, job.received_ns, False,
+                                     job.final))
                 return
             if first:
                 now = time.monotonic_ns()
@@ -232,7 +261,7 @@ class SpeakQueue:
             if job.sequential:
                 held.append(item)
             else:
-                self._play.put(item)
+                self._enqueue(item)
             first = False
 
         return emit

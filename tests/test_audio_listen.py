@@ -28,7 +28,7 @@ from audio.runtime import AudioRuntime, Models, load_models
 from audio.settings import AudioSettings
 from watus.core import metrics as m
 from watus.core.wire.audio import AudioEvent as Event
-from watus.core.wire.audio import SpeechStarted
+from watus.core.wire.audio import SpeechStarted, Transcript
 
 LONG_REPLY = ("Let me tell you a long story about the robot that lived in the kitchen. It watched the people, "
               "it listened to them, and it answered every question they had. Every morning it said hello.")
@@ -342,3 +342,53 @@ async def test_multilingual_base_model_hears_polish(tmp_path: Path) -> None:
         runner.close()
     assert t.language == "pl" and t.language_probability > 0.5
     assert "dobry" in t.text.lower() and "robot" in t.text.lower(), t.text
+
+
+async def test_a_pause_gives_a_speculative_transcript_then_the_final_one_of_the_same_utterance(
+        models: Models, tmp_path: Path) -> None:
+    """Speech, a 350 ms pause (a speculative pass at 200 ms), more speech: resumed, then one final transcript."""
+    first, second = speak(models, "Tell me please"), speak(models, "what time it is now.")
+    mic = write_wav(tmp_path / "pause.wav", silence(1.0), first, silence(0.35), second, silence(1.2))
+    run = await start_run(models, _settings(mic_backend="file", mic_file=mic))
+    try:
+        final = await run.wait(lambda e: e.type == "transcript", 20)
+        turn_end = await run.wait(lambda e: e.type == "turn_end", 5)
+    finally:
+        await run.runtime.close()
+    (started,) = run.of("speech_started")
+    assert started.turn_id == final.turn_id == turn_end.turn_id  # one id from the first word to the transcript
+    resumed = run.of("speech_resumed")
+    assert resumed and all(r.turn_id == final.turn_id for r in resumed)
+    assert isinstance(final, Transcript) and "time" in final.text.lower()
+    assert turn_end.decision == "silence" and turn_end.probability is None  # WATUS_AUDIO_TURN_END=silence
+    specs = run.of("speculative_transcript")
+    for spec in specs:  # a pass at the mid-sentence pause is published only if it finished before speech resumed
+        assert spec.turn_id == final.turn_id and spec.pause_ns < final.t0_ns
+    # The pass at the last pause is the final transcript itself, published as soon as it was ready.
+    assert any(spec.text == final.text and spec.t_ns <= final.t_ns for spec in specs), specs
+
+
+async def test_held_speech_waits_for_release_and_does_not_count_as_talking(models: Models, tmp_path: Path) -> None:
+    run = await start_run(models, _settings(), sink=WavSink(tmp_path / "speaker.wav", 22050))
+    try:
+        speaker = run.runtime.speaker
+        assert speaker is not None
+        await speaker.say("Here is my answer.", models.voices.default, turn_id="held-1", hold=True)
+        await speaker.say("It has two sentences.", models.voices.default, turn_id="held-1", final=True)
+        await asyncio.sleep(2.0)  # long enough to synthesise both
+        assert not run.of("playback_started") and run.of("tts_audio")  # synthesised, not played
+        assert not speaker.talking()  # the person may still be speaking: the half-duplex gate stays open
+        assert speaker.release("held-1")[0] is True
+        started = await run.wait(lambda e: e.type == "playback_started", 5)
+        finished = await run.wait(lambda e: e.type == "playback_finished" and getattr(e, "final", False), 15)
+        assert speaker.release("held-1") == (False, 0)  # nothing held any more
+        # Held and then stopped: nothing of it is ever played.
+        await speaker.say("Never heard.", models.voices.default, turn_id="held-2", hold=True, final=True)
+        await asyncio.sleep(1.0)
+        await speaker.stop()
+        assert speaker.release("held-2") == (False, 0)
+        await asyncio.sleep(0.5)
+    finally:
+        await run.runtime.close()
+    assert started.turn_id == "held-1" and 1000 < finished.played_ms < 6000
+    assert not [e for e in run.of("playback_started") if e.turn_id == "held-2"]

@@ -33,6 +33,8 @@ from watus.core.wire.audio import (
     Interrupted,
     PlaybackFinished,
     PlaybackStarted,
+    SpeculativeTranscript,
+    SpeechResumed,
     SpeechStarted,
     Transcript,
     TtsAudio,
@@ -48,6 +50,7 @@ class Said:
     turn_id: str
     final: bool
     sequential: bool
+    hold: bool = False
 
 
 @dataclass
@@ -56,17 +59,22 @@ class RecordingSpeaker:
 
     said: list[Said] = field(default_factory=list)
     stops: int = 0
+    released: list[str] = field(default_factory=list)
     fail: bool = False
 
     async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
-                  sequential: bool = False) -> dict[str, Any]:
+                  sequential: bool = False, hold: bool = False) -> dict[str, Any]:
         if self.fail:
             raise AudioUnavailableError("audio service not reachable (ConnectError)")
-        self.said.append(Said(text, turn_id, final, sequential))
+        self.said.append(Said(text, turn_id, final, sequential, hold))
         return {"turn_id": turn_id, "sentences": 1, "queue_depth": 1}
 
-    async def stop(self) -> None:
+    async def release(self, turn_id: str) -> None:
+        self.released.append(turn_id)
+
+    async def stop(self) -> bool:
         self.stops += 1
+        return True
 
     async def events(self) -> AsyncIterator[AudioEvent]:  # the tests call handle() themselves
         if False:
@@ -282,3 +290,79 @@ async def test_speech_without_a_turn_commands_nothing(tmp_path: Path, during_pla
     await loop.handle(Transcript(t_ns=now, turn_id="blank", text="  ", t0_ns=now, speech_started_ns=now,
                                  audio_start_s=0.0, audio_end_s=0.1))
     assert speaker.stops == 0 and speaker.said == [] and loop.current_turn is None
+
+
+# --- preemptive replies ---------------------------------------------------------------------------------
+
+
+def speculative(turn_id: str, text: str) -> SpeculativeTranscript:
+    now = time.monotonic_ns()
+    return SpeculativeTranscript(t_ns=now, turn_id=turn_id, text=text, language="en", pause_ns=now - 50_000_000,
+                                 speech_end_captured_ns=now - 250_000_000, asr_ms=300.0)
+
+
+async def test_a_confirmed_preemptive_reply_plays_its_held_audio_at_once(tmp_path: Path) -> None:
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("It is noon. ", "Have a nice day."),
+                                        settings=AgentSettings(preemptive=True))
+    await loop.handle(speculative("u1", "What time is it?"))
+    await until(lambda: any(s.final for s in speaker.said), "the held reply")
+    assert all(s.hold for s in speaker.said) and speaker.released == []  # synthesised, nothing played
+    assert loop.session.history == []  # not remembered before it is confirmed
+    final = transcript("u1", "what time is it")  # same words, other case and punctuation
+    await loop.handle(final)
+    assert speaker.released == ["u1"]
+    _, start = await play_out(loop, "u1")
+    await until(lambda: loop.turns_done == 1, "the record")
+    (rec,) = turn_log.read()
+    assert rec["preemptive"] == "hit" and rec["preemptive_misses"] == 0 and not rec["interrupted"]
+    assert rec["t_ns"]["speech_end"] == final.t0_ns and rec["e2e_ms"] == round((start - final.t0_ns) / 1e6, 2)
+    # The reply was thought out before the end of speech was even declared.
+    assert rec["t_ns"]["llm_first_token"] < rec["t_ns"]["asr_done"]
+    assert len(loop.session.history) == 2
+
+
+async def test_speech_resuming_throws_the_preemptive_reply_away(tmp_path: Path) -> None:
+    hold, closed = asyncio.Event(), []
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("Sure. ", "I can", hold=hold, closed=closed),
+                                        settings=AgentSettings(preemptive=True))
+    await loop.handle(speculative("u2", "Could you tell me what"))
+    await until(lambda: len(speaker.said) == 1, "the first held sentence")
+    await loop.handle(SpeechResumed(t_ns=time.monotonic_ns(), turn_id="u2"))
+    assert speaker.stops == 1 and loop.current_turn is None  # held audio dropped at once
+    await until(lambda: closed == [True], "the LLM stream to close")
+    # The stale speculative text of the earlier pause is not used again.
+    stale = speculative("u2", "Could you tell me what")
+    stale = stale.model_copy(update={"pause_ns": 0})
+    await loop.handle(stale)
+    assert loop.current_turn is None
+    loop._agent = build_agent(AgentSettings(), scripted("It is sunny."))
+    await loop.handle(Interrupted(t_ns=time.monotonic_ns(), reason="stop"))  # the echo of that stop
+    await loop.handle(transcript("u2", "Could you tell me what the weather is like?"))
+    assert loop.current_turn == "u2"
+    await until(lambda: any(s.final for s in speaker.said), "the real reply")
+    assert not speaker.said[-1].hold
+    await play_out(loop, "u2")
+    await until(lambda: loop.turns_done == 1, "the record")
+    (rec,) = turn_log.read()  # one record for the utterance: the thrown-away reply wrote none
+    assert rec["preemptive"] is None and rec["preemptive_misses"] == 1 and rec["reply"] == "It is sunny."
+    assert rec["transcript"] == "Could you tell me what the weather is like?" and not rec["interrupted"]
+    assert len(loop.session.history) == 2  # only the real turn is remembered
+
+
+async def test_a_different_final_transcript_replaces_the_preemptive_reply(tmp_path: Path) -> None:
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("Okay."), settings=AgentSettings(preemptive=True))
+    await loop.handle(speculative("u3", "Turn on the light"))
+    await until(lambda: any(s.final for s in speaker.said), "the held reply")
+    await loop.handle(transcript("u3", "Turn on the lights in the kitchen"))
+    assert speaker.released == [] and speaker.stops == 1
+    await until(lambda: len([s for s in speaker.said if s.final]) == 2, "the second reply")
+    await play_out(loop, "u3")
+    await until(lambda: loop.turns_done == 1, "the record")
+    (rec,) = turn_log.read()
+    assert rec["preemptive_misses"] == 1 and rec["transcript"] == "Turn on the lights in the kitchen"
+
+
+async def test_without_the_setting_speculative_transcripts_start_nothing(tmp_path: Path) -> None:
+    loop, speaker, _ = make_loop(tmp_path, scripted("Hi."))
+    await loop.handle(speculative("u4", "Hello"))
+    assert loop.current_turn is None and speaker.said == []

@@ -36,10 +36,10 @@ class AudioClient:
         self.last_error: str | None = None
 
     async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
-                  sequential: bool = False) -> dict[str, Any]:
+                  sequential: bool = False, hold: bool = False) -> dict[str, Any]:
         """Queue text for the speaker. The agent decides barge-in itself, so the speaker must not."""
         body = SayRequest(text=text, turn_id=turn_id, final=final, interrupt=interrupt, sequential=sequential,
-                          barge_in=False).model_dump(exclude_none=True)
+                          barge_in=False, hold=hold).model_dump(exclude_none=True)
         try:
             r = await self._http.post("/v1/say", json=body, headers={TURN_HEADER: turn_id})
         except httpx.HTTPError as e:
@@ -48,11 +48,23 @@ class AudioClient:
             raise AudioUnavailableError(f"audio service refused to speak: {r.status_code} {r.text[:200]}")
         return dict(r.json())
 
-    async def stop(self) -> None:
+    async def release(self, turn_id: str) -> None:
+        """Play a turn whose audio was held (its preemptive reply was confirmed)."""
         try:
-            await self._http.post("/v1/stop")
+            r = await self._http.post("/v1/release", json={"turn_id": turn_id}, headers={TURN_HEADER: turn_id})
         except httpx.HTTPError as e:
+            raise AudioUnavailableError(f"audio service not reachable ({type(e).__name__})") from e
+        if r.status_code >= 400:
+            raise AudioUnavailableError(f"audio service refused to release: {r.status_code} {r.text[:200]}")
+
+    async def stop(self) -> bool:
+        """Stop playback and drop what is queued; whether anything was stopped (then an `interrupted` follows)."""
+        try:
+            r = await self._http.post("/v1/stop")
+            return bool(r.status_code == 200 and r.json().get("stopped"))
+        except (httpx.HTTPError, ValueError) as e:
             log.warning("could not stop playback: %s", e)
+            return False
 
     async def events(self, retry_max_s: float = 5.0) -> AsyncIterator[AudioEvent]:
         """Events forever, reconnecting with backoff; `connected` tells whether the stream is up."""

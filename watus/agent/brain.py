@@ -11,7 +11,7 @@ its way to the speaker while the model is still writing the second.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,10 +129,12 @@ def user_prompt(question: str, view: SceneView | None, language: str) -> str:
 
 
 async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: str, deps: TurnDeps,
-                       max_chars: int) -> AsyncGenerator[str, None]:
+                       max_chars: int, remember: Callable[[list[ModelMessage]], None] | None = None,
+                       ) -> AsyncGenerator[str, None]:
     """Text deltas of the reply, cut at `max_chars`; memory is updated when the reply completes.
 
     Closing the iterator early (barge-in) cancels the LLM request and leaves the turn out of memory.
+    `remember` replaces the memory update (a preemptive reply is remembered only once confirmed).
     """
     prompt = user_prompt(question, deps.view, deps.language)
     sent = 0
@@ -144,7 +146,7 @@ async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: 
                 return
             sent += len(delta)
             yield delta
-        session.add_turn(run.new_messages())
+        (remember or session.add_turn)(run.new_messages())
 
 
 def scene_json(view: SceneView | None) -> dict[str, Any] | None:

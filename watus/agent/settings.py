@@ -55,6 +55,9 @@ class AgentSettings(WatusSettings):
     pipeline: Pipeline = Field(Pipeline.streaming, description="`streaming`: each sentence is spoken as soon as "
                                "it is complete. `sequential`: the whole reply, then the whole speech (the original "
                                "Watus plan; the baseline of `watus bench e2e`).")
+    preemptive: bool = Field(False, description="Start the reply from the speculative transcript at the first "
+                             "pause, its audio held until the final transcript confirms the text (then it plays at "
+                             "once) or thrown away (the person went on, or said something else).")
     memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
     max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")

@@ -39,6 +39,11 @@ class TurnRecord:
     mode: str = "streaming"
     #: `voice` (heard), `text` (typed on the dashboard, handled as if spoken).
     source: str = "voice"
+    #: `hit`: the reply was started from the speculative transcript at the first pause and confirmed by the
+    #: final one (its stages before `speech_end` ran while the person was finishing); None: not preemptive.
+    preemptive: str | None = None
+    #: Preemptive replies started and thrown away for this utterance (the person went on, or the text changed).
+    preemptive_misses: int = 0
     scene: dict[str, Any] | None = None
     t_ns: dict[str, int] = field(default_factory=dict)
     #: Times the audio service measured itself (ASR ms, VAD tail ms), as it reported them.

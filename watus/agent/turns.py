@@ -25,6 +25,7 @@ import httpx
 import openai
 from pydantic_ai import Agent
 from pydantic_ai.exceptions import AgentRunError
+from pydantic_ai.messages import ModelMessage
 
 from watus.agent.audio_client import AudioUnavailableError
 from watus.agent.brain import Session, TurnDeps, stream_reply
@@ -51,7 +52,8 @@ Speak = Callable[[str, bool], Awaitable[None]]
 
 async def speak_reply(agent: Agent[TurnDeps, str], session: Session, rec: TurnRecord, deps: TurnDeps, *,
                       language: str, sentence_max_chars: int, max_reply_chars: int, speak: Speak,
-                      on_delta: Callable[[str], None] | None = None) -> None:
+                      on_delta: Callable[[str], None] | None = None,
+                      remember: Callable[[list[ModelMessage]], None] | None = None) -> None:
     """Stream the reply to `rec.transcript` into `speak`, sentence by sentence; fills `rec.reply`/`rec.error`.
 
     Raises `AudioUnavailableError` (from `speak`) and `CancelledError`; every other failure is handled.
@@ -67,7 +69,8 @@ async def speak_reply(agent: Agent[TurnDeps, str], session: Session, rec: TurnRe
         sent += 1
 
     try:
-        async with contextlib.aclosing(stream_reply(agent, session, rec.transcript, deps, max_reply_chars)) as deltas:
+        deltas = stream_reply(agent, session, rec.transcript, deps, max_reply_chars, remember)
+        async with contextlib.aclosing(deltas):
             async for delta in deltas:
                 if not delta:
                     continue

@@ -9,6 +9,13 @@ way, cancels the turn — the LLM stream is closed at once — and stops playbac
 speaker reports that its last text (`final`) has played, when it was interrupted, or when it had
 nothing to say.
 
+Preemptive replies (`WATUS_AGENT_PREEMPTIVE`): a `speculative_transcript` at the person's first pause
+starts the turn at once, with its audio held by the speaker. The final `transcript` of the same
+utterance confirms it (same words: the held audio plays at once, a hit) or not (different words, or
+`speech_resumed` first: the reply is thrown away — LLM stream closed, held audio dropped — a miss, and
+the turn starts again from the final text). A thrown-away reply writes no record and is not remembered;
+the utterance's record counts it.
+
 Every stage is stamped on the machine-wide monotonic clock: end of speech (t0) and ASR from the audio
 service's own stamps, the scene, LLM and first sentence here, first audio and playback from the audio
 events; so the turn record holds e2e = t1 − t0. Faults never end the loop: audio away → the turn is
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage
 
 from watus.agent.audio_client import AudioUnavailableError
 from watus.agent.brain import Session, TurnDeps, scene_json
@@ -40,6 +48,8 @@ from watus.core.wire.audio import (
     Interrupted,
     PlaybackFinished,
     PlaybackStarted,
+    SpeculativeTranscript,
+    SpeechResumed,
     SpeechStarted,
     Transcript,
     TtsAudio,
@@ -55,9 +65,11 @@ class Speaker(Protocol):
     """What the loop needs of the audio service (`AudioClient`; a recorder in the unit tests)."""
 
     async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
-                  sequential: bool = False) -> Any: ...
+                  sequential: bool = False, hold: bool = False) -> Any: ...
 
-    async def stop(self) -> None: ...
+    async def release(self, turn_id: str) -> None: ...
+
+    async def stop(self) -> bool: ...
 
     def events(self) -> AsyncIterator[AudioEvent]: ...
 
@@ -68,6 +80,17 @@ class _Turn:
     task: asyncio.Task[None] | None = None
     spoke: bool = False  # at least one say request went out
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    held: bool = False  # preemptive and not yet confirmed: its audio is held by the speaker
+    discarded: bool = False  # a thrown-away preemptive reply: no record
+    memory: list[ModelMessage] | None = None  # a preemptive reply's messages, remembered once confirmed
+    audio_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # say/release in the order sent
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same (case, punctuation and spacing aside)."""
+    def words(s: str) -> list[str]:
+        return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in s).split()
+    return words(a) == words(b)
 
 
 class VoiceLoop:
@@ -86,6 +109,9 @@ class VoiceLoop:
         self._on_event = on_event
         self._current: _Turn | None = None
         self._turns: dict[str, _Turn] = {}
+        self._resumed: dict[str, int] = {}  # utterance -> when its speech last resumed after a pause
+        self._misses: dict[str, int] = {}  # utterance -> preemptive replies thrown away
+        self._stop_echoes = 0  # `interrupted` events still to come for stops this loop commanded
         self.turns_done = 0
 
     @property
@@ -124,14 +150,31 @@ class VoiceLoop:
     async def handle(self, ev: AudioEvent) -> None:
         """Act on one event of the audio service."""
         self._notify(ev.type, ev.model_dump())
-        if isinstance(ev, Transcript):
+        if isinstance(ev, SpeculativeTranscript):
+            await self._speculative(ev)
+        elif isinstance(ev, SpeechResumed):
+            self._resumed[ev.turn_id] = ev.t_ns
+            turn = self._current
+            if turn is not None and turn.held and turn.record.turn_id == ev.turn_id:
+                await self._discard(turn, "speech resumed")
+        elif isinstance(ev, Transcript):
+            turn = self._current
+            if turn is not None and turn.held and not turn.done.is_set():
+                if turn.record.turn_id == ev.turn_id and same_words(turn.record.transcript, ev.text):
+                    await self._confirm(turn, ev)
+                    return
+                await self._discard(turn, "the final transcript differs")
             await self._barge_in("new utterance")
+            self._resumed.pop(ev.turn_id, None)
             if ev.text.strip():
                 self._start_turn(ev)
         elif isinstance(ev, SpeechStarted):
             if ev.during_playback or ev.barge_in:
                 await self._barge_in("speech while speaking", stop_audio=not ev.barge_in)
         elif isinstance(ev, Interrupted):
+            if ev.reason == "stop" and self._stop_echoes > 0:
+                self._stop_echoes -= 1  # the echo of a stop this loop commanded: already acted on
+                return
             turn = self._current
             if turn is not None and ev.turn_id in (None, turn.record.turn_id):
                 await self._barge_in(f"interrupted ({ev.reason})", stop_audio=False)
@@ -151,15 +194,74 @@ class VoiceLoop:
             if ev.final:
                 turn.done.set()
 
+    async def _speculative(self, ev: SpeculativeTranscript) -> None:
+        if not self._s.preemptive or self._s.pipeline is Pipeline.sequential or not ev.text.strip():
+            return
+        if ev.pause_ns < self._resumed.get(ev.turn_id, 0):
+            return  # the person went on after that pause: this text is not the utterance's
+        turn = self._current
+        if turn is not None and not turn.done.is_set():
+            if not turn.held:
+                return  # a confirmed reply is under way; the final transcript decides about barge-in
+            if turn.record.turn_id == ev.turn_id and same_words(turn.record.transcript, ev.text):
+                return
+            await self._discard(turn, "a newer speculative transcript")
+        record = TurnRecord(turn_id=ev.turn_id, session_id=self.session.id, transcript=ev.text.strip(),
+                            language=ev.language, mode=self._s.pipeline.value, preemptive="pending",
+                            preemptive_misses=self._misses.get(ev.turn_id, 0))
+        record.speech_end_captured_ns = ev.speech_end_captured_ns
+        self._launch(_Turn(record, held=True, memory=[]), "preemptive")
+
+    async def _confirm(self, turn: _Turn, ev: Transcript) -> None:
+        """The final transcript says what the speculative one said: play the held reply now."""
+        rec = turn.record
+        rec.preemptive = "hit"
+        rec.t_ns["speech_end"], rec.t_ns["asr_done"] = ev.t0_ns, ev.t_ns
+        rec.audio_ms = dict(ev.stages_ms)
+        if ev.speech_end_captured_ns is not None:
+            rec.speech_end_captured_ns = ev.speech_end_captured_ns
+        log.info("turn %s: preemptive reply confirmed", rec.turn_id)
+        self._notify("preemptive", {"turn_id": rec.turn_id, "outcome": "hit"})
+        async with turn.audio_lock:
+            turn.held = False
+            if turn.spoke:
+                try:
+                    await self._audio.release(rec.turn_id)
+                except AudioUnavailableError as e:
+                    rec.error = f"audio: {e}"
+        if turn.memory:
+            self.session.add_turn(turn.memory)
+        turn.memory = None
+
+    async def _discard(self, turn: _Turn, why: str) -> None:
+        """Throw a preemptive reply away: close its LLM stream, drop its held audio, write no record."""
+        utterance = turn.record.turn_id
+        self._misses[utterance] = self._misses.get(utterance, 0) + 1
+        log.info("turn %s: preemptive reply thrown away (%s)", utterance, why)
+        self._notify("preemptive", {"turn_id": utterance, "outcome": "miss", "reason": why})
+        turn.discarded = True
+        turn.done.set()
+        if turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+        if turn.spoke:
+            await self._stop_audio()
+        if self._current is turn:
+            self._current = None
+        self._turns.pop(utterance, None)
+
     def _start_turn(self, ev: Transcript, source: str = "voice") -> None:
         record = TurnRecord(turn_id=ev.turn_id, session_id=self.session.id, transcript=ev.text.strip(),
-                            language=ev.language, mode=self._s.pipeline.value, source=source)
+                            language=ev.language, mode=self._s.pipeline.value, source=source,
+                            preemptive_misses=self._misses.pop(ev.turn_id, 0))
         record.mark("speech_end", ev.t0_ns)
         record.mark("asr_done", ev.t_ns)
         if ev.speech_end_captured_ns is not None:
             record.speech_end_captured_ns = ev.speech_end_captured_ns
         record.audio_ms = dict(ev.stages_ms)
-        turn = _Turn(record)
+        self._launch(_Turn(record), source)
+
+    def _launch(self, turn: _Turn, source: str) -> None:
+        record = turn.record
         self._turns[record.turn_id] = turn
         self._current = turn
         turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{record.turn_id}")
@@ -177,7 +279,11 @@ class VoiceLoop:
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()  # closes the LLM stream at once (aclosing in watus.agent.turns)
         if stop_audio and turn.spoke:
-            await self._audio.stop()
+            await self._stop_audio()
+
+    async def _stop_audio(self) -> None:
+        if await self._audio.stop():
+            self._stop_echoes += 1
 
     async def _run_turn(self, turn: _Turn) -> None:
         rec = turn.record
@@ -207,8 +313,15 @@ class VoiceLoop:
         sequential = self._s.pipeline is Pipeline.sequential
 
         async def speak(sentence: str, final: bool) -> None:
-            turn.spoke = True
-            await self._audio.say(sentence, rec.turn_id, final=final, sequential=sequential)
+            async with turn.audio_lock:  # a release must not overtake a say that was held
+                turn.spoke = True
+                await self._audio.say(sentence, rec.turn_id, final=final, sequential=sequential, hold=turn.held)
+
+        def remember(messages: list[ModelMessage]) -> None:
+            if turn.memory is not None:  # preemptive: remembered once confirmed
+                turn.memory.extend(messages)
+            else:
+                self.session.add_turn(messages)
 
         if sequential:
             await think_then_speak(self._agent, self.session, rec, deps, max_reply_chars=self._s.max_reply_chars,
@@ -216,14 +329,17 @@ class VoiceLoop:
         else:
             await speak_reply(self._agent, self.session, rec, deps, language=self._s.language.value,
                               sentence_max_chars=self._s.sentence_max_chars,
-                              max_reply_chars=self._s.max_reply_chars, speak=speak,
+                              max_reply_chars=self._s.max_reply_chars, speak=speak, remember=remember,
                               on_delta=lambda d: self._notify("reply_delta", {"turn_id": rec.turn_id, "text": d}))
 
     async def _finish(self, turn: _Turn) -> None:
         rec = turn.record
-        self._turns.pop(rec.turn_id, None)
+        if self._turns.get(rec.turn_id) is turn:
+            self._turns.pop(rec.turn_id, None)
         if self._current is turn:
             self._current = None
+        if turn.discarded:
+            return
         # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop.
         try:
             await asyncio.to_thread(self._log.write, rec)

@@ -73,7 +73,14 @@ function addMessage(kind, text, meta) {
 
 function onTurnStarted(d) {
   const b = bubble(d.turn_id);
-  b.user = addMessage("user", d.transcript, d.source === "text" ? "typed" : "heard");
+  const meta = { text: "typed", preemptive: "heard (at the first pause)" }[d.source] || "heard";
+  if (b.user) {  // a preemptive reply thrown away, started again from the final words
+    b.user.firstChild.textContent = d.transcript;
+    b.user.querySelector(".meta").textContent = meta;
+    if (b.robot) { b.robot.remove(); b.robot = undefined; }
+    return;
+  }
+  b.user = addMessage("user", d.transcript, meta);
   b.user.dataset.turnId = d.turn_id;
 }
 
@@ -277,6 +284,9 @@ function connect() {
   on("turn", onTurn);
   on("barge_in", onBargeIn);
   on("speech_started", (d) => setState(d.during_playback ? "heard speech while talking" : "hearing speech"));
+  on("speculative_transcript", (d) => setState(`heard so far: “${d.text.trim()}”`));
+  on("turn_end", (d) => setState(`end of turn: ${d.decision}${d.probability === null ? "" : ` (${d.probability})`}`));
+  on("preemptive", (d) => setState(d.outcome === "hit" ? "preemptive reply confirmed" : `preemptive reply dropped: ${d.reason}`));
   on("speech_ended", (d) => setState(d.dropped ? "listening" : "transcribing"));
   on("transcript", () => setState("thinking"));
   on("playback_started", () => setState("speaking"));

@@ -66,7 +66,8 @@ class SpeechStarted(_Event):
     """The VAD heard speech start. `t_ns` is when it decided; `captured_ns` when that audio was captured."""
 
     type: Literal["speech_started"] = "speech_started"
-    turn_id: None = None
+    turn_id: str | None = Field(None, description="The utterance's id (the same in its speculative and final "
+                                "transcripts).")
     audio_s: float = Field(description="Position of the speech start in the input stream, seconds.")
     captured_ns: int = Field(description="Capture time of the first speech frame.")
     during_playback: bool = Field(False, description="The robot was talking when the speech started.")
@@ -107,6 +108,42 @@ class Transcript(_Event):
     barge_in: bool = Field(False, description="The utterance started while the robot was talking.")
 
 
+class SpeculativeTranscript(_Event):
+    """What the utterance said up to its first pause, before its end is known (`t_ns`: when ready).
+
+    The agent may start the reply at once and hold its audio (`SayRequest.hold`) until the final
+    `transcript` of the same `turn_id` confirms the text; `speech_resumed` means it was not the end.
+    """
+
+    type: Literal["speculative_transcript"] = "speculative_transcript"
+    turn_id: str
+    text: str
+    language: str | None = None
+    pause_ns: int = Field(description="When the pause was detected (the speech had stopped `pause` ms before).")
+    speech_end_captured_ns: int = Field(description="Capture time of the last speech frame before the pause.")
+    asr_ms: float = Field(description="Transcription time of this pass.")
+
+
+class SpeechResumed(_Event):
+    """Speech went on after a pause: the utterance (and any speculative transcript of it) is not over."""
+
+    type: Literal["speech_resumed"] = "speech_resumed"
+    turn_id: str
+
+
+class TurnEnd(_Event):
+    """How the end of an utterance was decided, and after how much silence (`t_ns`: the decision)."""
+
+    type: Literal["turn_end"] = "turn_end"
+    turn_id: str
+    decision: str = Field(description="complete (the end-of-turn model), incomplete (it asked to wait longer), "
+                          "silence (the silence tail), max_length or end_of_input.")
+    probability: float | None = Field(None, description="The end-of-turn model's probability that the turn was "
+                                      "complete, where it ran.")
+    silence_ms: float = Field(description="Silence after the last speech frame when the turn ended.")
+    model_ms: float | None = Field(None, description="Inference time of the end-of-turn model.")
+
+
 class TtsAudio(_Event):
     """The first audio of a `say` request exists (synthesised, not yet played)."""
 
@@ -144,11 +181,12 @@ class Interrupted(_Event):
 
 
 AudioEvent = Annotated[
-    StatusEvent | MicEvent | SpeechStarted | SpeechEnded | Transcript | TtsAudio | PlaybackStarted
-    | PlaybackFinished | Interrupted,
+    StatusEvent | MicEvent | SpeechStarted | SpeechEnded | Transcript | SpeculativeTranscript | SpeechResumed
+    | TurnEnd | TtsAudio | PlaybackStarted | PlaybackFinished | Interrupted,
     Field(discriminator="type"),
 ]
-EVENT_TYPES: tuple[str, ...] = ("status", "mic", "speech_started", "speech_ended", "transcript", "tts_audio",
+EVENT_TYPES: tuple[str, ...] = ("status", "mic", "speech_started", "speech_ended", "transcript",
+                                "speculative_transcript", "speech_resumed", "turn_end", "tts_audio",
                                 "playback_started", "playback_finished", "interrupted")
 _ADAPTER: TypeAdapter[AudioEvent] = TypeAdapter(AudioEvent)
 
@@ -193,6 +231,8 @@ class SayRequest(_Lenient):
     barge_in: bool | None = Field(None, description="Stop this playback by itself when speech starts. The agent "
                                   "sends false and decides barge-in itself; empty: the service's "
                                   "`WATUS_AUDIO_BARGE_IN` setting (for direct callers).")
+    hold: bool = Field(False, description="Synthesise now but play nothing of this turn until `POST /v1/release` "
+                       "names it (a preemptive reply, started before the end of the turn was certain).")
 
     @field_validator("turn_id")
     @classmethod
@@ -209,3 +249,22 @@ class SayResponse(BaseModel):
 class StopResponse(BaseModel):
     stopped: bool
     cleared: int
+
+
+class ReleaseRequest(_Lenient):
+    """`POST /v1/release`: play what is held for this turn, and whatever of it comes next."""
+
+    turn_id: str
+
+    @field_validator("turn_id")
+    @classmethod
+    def _turn(cls, v: str) -> str:
+        checked = check_turn_id(v)
+        assert checked is not None
+        return checked
+
+
+class ReleaseResponse(BaseModel):
+    turn_id: str
+    released: bool = Field(description="Whether anything of the turn was held.")
+    chunks: int = Field(description="Audio chunks that were waiting.")
