@@ -202,6 +202,27 @@ def test_vision_killed_mid_session_does_not_end_the_loop(stack: tuple[ExitStack,
     assert "not reachable" in second["scene"]["error"]
 
 
+def test_preemptive_reply_is_confirmed_and_spoken(stack: tuple[ExitStack, dict[str, str]], voice: Voice,
+                                                  tmp_path: Path) -> None:
+    """Preemptive replies with the end-of-turn model: the reply started at the pause is the one spoken."""
+    es, env = stack
+    env.update(WATUS_AGENT_PREEMPTIVE="true", WATUS_AUDIO_TURN_END="model")
+    mic = tmp_path / "mic.wav"
+    sf.write(mic, np.concatenate([_silence(8), voice.say("Hello robot, what is your name?"), _silence(20)]), RATE)
+    _start(es, env, mic, tmp_path)
+    (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=90)
+    assert wer("hello robot what is your name", rec["transcript"]) <= 0.2, rec["transcript"]
+    assert rec["preemptive"] == "hit" and rec["preemptive_misses"] == 0, rec
+    assert rec["reply"].strip() and not rec["interrupted"] and rec["error"] is None
+    t = rec["t_ns"]
+    # Started from the speculative transcript (on a slow CPU it is ready only about when the final one is),
+    # played only once the end of speech was declared and the final words confirmed it.
+    assert t["playback_start"] >= t["asr_done"] >= t["speech_end"] and rec["e2e_ms"] > 0
+    assert rec["perceived_ms"] is not None and rec["perceived_ms"] > rec["e2e_ms"]  # it includes the VAD tail
+    es.close()
+    assert wer(rec["reply"], voice.hear(tmp_path / "spoken.wav")) <= 0.3
+
+
 def test_llm_down_gives_a_spoken_apology_and_the_loop_goes_on(stack: tuple[ExitStack, dict[str, str]],
                                                                voice: Voice, tmp_path: Path) -> None:
     """No LLM server: each turn is apologised for aloud, recorded with its error, and the loop continues."""
