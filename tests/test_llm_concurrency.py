@@ -45,6 +45,28 @@ async def test_parallel_streams_all_complete(llm_url: str) -> None:
     assert all(text and completion == 12 for text, completion in results), results
 
 
+async def test_requests_with_several_choices_share_the_slots(llm_url: str) -> None:
+    """Two n=2 streams and a plain one on 2 slots: each n=2 takes both slots at once, in arrival order."""
+    client = openai.AsyncOpenAI(base_url=llm_url + "/v1", api_key="x", max_retries=0)
+
+    async def one(n: int) -> dict[int, int]:
+        stream = await client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "Tell me a long story about a robot."}],
+            max_tokens=10, n=n, stream=True, extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
+        )
+        pieces: dict[int, int] = {}
+        async for c in stream:
+            for choice in c.choices:
+                pieces[choice.index] = pieces.get(choice.index, 0) + bool(choice.delta.content)
+            if c.usage:
+                assert c.usage.completion_tokens == 10 * n
+        return pieces
+
+    results = await asyncio.gather(one(2), one(2), one(1))
+    assert [sorted(r) for r in results] == [[0, 1], [0, 1], [0]]
+    assert all(count > 1 for r in results for count in r.values())
+
+
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One slot and no waiting room: the second concurrent request must be refused."""
@@ -103,3 +125,43 @@ def test_non_streaming_disconnect_cancels_too(tiny_server: str) -> None:
     while _gauge(tiny_server, "watus_llm_requests_running") != 0:
         assert time.monotonic() - start < 5, "generation was not cancelled"
         time.sleep(0.05)
+
+
+def test_more_choices_than_slots_take_turns(tiny_server: str) -> None:
+    """n=3 on one slot: the choices run one after the other on the request's slot, none refused."""
+    r = httpx.post(tiny_server + "/v1/chat/completions", timeout=60, json={
+        "messages": HELLO, "max_tokens": 5, "n": 3, "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"] for c in body["choices"]}) == 1  # greedy: the same answer thrice
+    assert body["usage"]["completion_tokens"] == 15
+    assert _gauge(tiny_server, "watus_llm_requests_running") == 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_cancels_every_choice(tiny_server: str, stream: bool) -> None:
+    """A client that leaves an n=2 request stops both choices (the running one and the one waiting its turn)."""
+    body = {"messages": HELLO, "max_tokens": 1500, "n": 2, "stream": stream, "ignore_eos": True}
+    before = _counter(tiny_server, "watus_llm_completion_tokens_total")
+    if stream:
+        with httpx.Client(timeout=60) as http, http.stream("POST", tiny_server + "/v1/chat/completions",
+                                                           json=body) as r:
+            lines = r.iter_lines()
+            for _ in range(6):
+                next(lines)
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(tiny_server + "/v1/chat/completions", json=body, timeout=0.8)
+    start = time.monotonic()
+    while _gauge(tiny_server, "watus_llm_requests_running") != 0:
+        assert time.monotonic() - start < 5, "generation was not cancelled"
+        time.sleep(0.05)
+    ok = httpx.post(tiny_server + "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 4}, timeout=30)
+    assert ok.status_code == 200
+    assert _counter(tiny_server, "watus_llm_completion_tokens_total") - before < 1500
+
+
+def _counter(url: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+-]+)$", httpx.get(url + "/metrics").text, re.M)
+    return float(match.group(1)) if match else 0.0

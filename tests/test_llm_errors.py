@@ -44,6 +44,8 @@ def test_malformed_json(llm_url: str) -> None:
     ({"messages": HELLO, "max_tokens": "many"}, "max_tokens"),
     ({"messages": HELLO, "temperature": 5}, "temperature"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0"),
+    # The legacy `function` role (before `tool`) is not served: OpenAI and vLLM refuse it too.
+    ({"messages": [{"role": "function", "name": "f", "content": "hi"}]}, "messages.0"),
     ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool"),
     ({}, "messages"),
 ])
@@ -58,9 +60,48 @@ def test_empty_messages(llm_url: str) -> None:
     assert "at least one message" in err["message"]
 
 
-def test_n_other_than_one(llm_url: str) -> None:
-    err = _error(httpx.post(llm_url + CHAT, json={"messages": HELLO, "n": 2}), 400)
-    assert err["param"] == "n" and "n=1" in err["message"]
+def test_n_out_of_range(llm_url: str) -> None:
+    err = _error(httpx.post(llm_url + CHAT, json={"messages": HELLO, "n": 65}), 400)
+    assert err["param"] == "n" and "64" in err["message"]
+    _error(httpx.post(llm_url + CHAT, json={"messages": HELLO, "n": 0}), 400)
+    # 64 choices in all per request: 8 prompts x n=9 is too many.
+    err = _error(httpx.post(llm_url + "/v1/completions", json={"prompt": ["a"] * 8, "n": 9}), 400)
+    assert err["param"] == "n" and "72 choices" in err["message"]
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"stream_options": {"include_usage": True}}, "stream_options", "stream"),
+    ({"seed": 2**63}, "seed", "9223372036854775807"),
+    ({"seed": -(2**63) - 1}, "seed", "-9223372036854775808"),
+    ({"top_logprobs": 3}, "top_logprobs", "logprobs: true"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "20"),
+    ({"logit_bias": {"hello": 5}}, "logit_bias", "token ids"),
+    ({"logit_bias": {"42": 101}}, "logit_bias", "-100 and 100"),
+    ({"logit_bias": {"99999999": 1}}, "logit_bias", "vocabulary"),
+])
+def test_unsupported_combinations_name_the_parameter(llm_url: str, body: dict[str, Any], param: str,
+                                                     words: str) -> None:
+    err = _error(httpx.post(llm_url + CHAT, json={"messages": HELLO, "max_tokens": 2, **body}), 400)
+    assert err["param"] == param and words in err["message"], err
+
+
+@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '"a string"'])
+def test_assistant_tool_call_arguments_must_be_a_json_object(llm_url: str, arguments: str) -> None:
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                      "function": {"name": "get_weather", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "Sunny"}]
+    err = _error(httpx.post(llm_url + CHAT, json={"messages": messages, "max_tokens": 2}), 400)
+    assert err["param"] == "messages.1.assistant.tool_calls.0.function.arguments"
+    assert "JSON object" in err["message"]
+
+
+def test_stream_options_with_stream_is_fine(llm_url: str) -> None:
+    body = {"messages": HELLO, "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
+    assert httpx.post(llm_url + CHAT, json=body, timeout=30).status_code == 200
+    # An explicit null is no stream_options at all.
+    assert httpx.post(llm_url + CHAT, json={"messages": HELLO, "max_tokens": 2, "stream_options": None},
+                      timeout=30).status_code == 200
 
 
 def test_prompt_longer_than_context_says_both_lengths(llm_url: str) -> None:
@@ -117,10 +158,28 @@ def test_unknown_model(llm_url: str) -> None:
         client.chat.completions.create(model="gpt-9", messages=HELLO)  # type: ignore[arg-type]
 
 
-def test_completions_bad_prompts(llm_url: str) -> None:
-    _error(httpx.post(llm_url + "/v1/completions", json={"prompt": []}), 400)
-    _error(httpx.post(llm_url + "/v1/completions", json={"prompt": ["a", "b"]}), 400)
-    _error(httpx.post(llm_url + "/v1/completions", json={"prompt": "x", "suffix": "y"}), 400)
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt"),
+    ({"prompt": [-1, 5]}, "prompt"),
+    ({"prompt": [[504], [99999999]]}, "prompt"),
+    ({"prompt": "x", "suffix": "y"}, "suffix"),
+    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    # The prompt's own log-probabilities are not computed: echo and logprobs do not go together.
+    ({"prompt": "x", "echo": True, "logprobs": 0}, "echo"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+])
+def test_completions_bad_requests(llm_url: str, body: dict[str, Any], param: str) -> None:
+    err = _error(httpx.post(llm_url + "/v1/completions", json={"max_tokens": 2, **body}), 400)
+    assert err["param"] == param, err
+
+
+def test_unknown_model_in_models_route(llm_url: str) -> None:
+    err = _error(httpx.get(llm_url + "/v1/models/gpt-9"), 404)
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=llm_url + "/v1", api_key="x", max_retries=0).models.retrieve("gpt-9")
 
 
 def test_unknown_route_and_method(llm_url: str) -> None:

@@ -85,3 +85,61 @@ async def test_structured_output_validates(llm_url: str, model_id: str) -> None:
     result = await agent.run("Invent a person: a name and an age.")
     assert isinstance(result.output, Person)
     assert result.output.name and isinstance(result.output.age, int)
+
+
+@dataclass
+class _ToolThenOutput(AbstractCapability[Any]):
+    """Forces `tool` on the first step, then the output tool (SmolLM2 would call `tool` again and again)."""
+
+    tool: str
+
+    def get_model_settings(self) -> Any:
+        def settings(ctx: RunContext[Any]) -> ModelSettings:
+            return ModelSettings(tool_choice=[self.tool] if ctx.run_step <= 1 else ["final_result"])
+
+        return settings
+
+
+class Place(BaseModel):
+    city: str
+    country: str
+
+
+class Trip(BaseModel):
+    """A trip: its destination is a nested model, so the output schema refers to it through `$defs`."""
+
+    destination: Place
+    days: int
+
+
+class Forecast(BaseModel):
+    unit: str
+    days: int
+
+
+async def test_nested_models_as_output_and_tool_arguments(llm_url: str, model_id: str) -> None:
+    """pydantic-ai sends nested models as `$ref`s into `$defs`; both the tool and the output are forced calls."""
+    assert "$defs" in Trip.model_json_schema()
+    seen: list[tuple[Place, Forecast]] = []
+    agent = Agent(_model(llm_url, model_id), output_type=Trip, capabilities=[_ToolThenOutput("weather_at")],
+                  model_settings=ModelSettings(temperature=0.0, max_tokens=120))
+
+    @agent.tool_plain
+    def weather_at(place: Place, forecast: Forecast) -> str:
+        """The weather forecast for a place."""
+        seen.append((place, forecast))
+        return "sunny"
+
+    result = await agent.run("Plan a trip to Paris, France for 3 days; check the weather first.")
+    assert len(seen) == 1 and isinstance(seen[0][0], Place) and isinstance(seen[0][1], Forecast)
+    assert isinstance(result.output, Trip) and isinstance(result.output.destination, Place)
+    assert isinstance(result.output.days, int)
+
+
+async def test_nested_output_model_streamed(llm_url: str, model_id: str) -> None:
+    """The output tool alone (tool_choice `required`, the schema's `$defs` inside the call), streamed."""
+    agent = Agent(_model(llm_url, model_id), output_type=Trip,
+                  model_settings=ModelSettings(temperature=0.0, max_tokens=120))
+    async with agent.run_stream("Plan a trip to Rome, Italy for 2 days.") as run:
+        output = await run.get_output()
+    assert isinstance(output, Trip) and isinstance(output.destination, Place) and output.destination.city

@@ -4,11 +4,16 @@ The model loads in a background task so that `/health` answers (503, "loading") 
 which is what `watus up`, systemd and load balancers poll; the `/v1/*` routes answer 503 until it is
 ready. A load failure is logged with what to do and reported by `/health`, and `on_load_failure` lets
 the entry point stop the process with a non-zero status.
+
+The API routes are served under `/v1` and, as llama.cpp's server does, without it (`/chat/completions`,
+`/completions`, `/models`), for clients configured with a base URL that lacks `/v1`; only the `/v1`
+ones are in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -18,10 +23,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from trt_server.admission import Admission
 from trt_server.engines import select_engine
 from trt_server.engines.base import Engine, EngineError, SamplingParams
-from trt_server.errors import AuthenticationError, NotReadyError, install_error_handlers
-from trt_server.generation import Admission, LLMMetrics
+from trt_server.errors import AuthenticationError, ModelNotFoundAPIError, NotReadyError, install_error_handlers
+from trt_server.generation import LLMMetrics
 from trt_server.protocol import ChatCompletionRequest, CompletionRequest
 from trt_server.schemas import check_json_schema
 from trt_server.serving import ServerState, chat_completion, completion
@@ -108,6 +114,12 @@ Auth = Depends(require_key)
 TurnHeader = Annotated[str | None, Header(alias=TURN_HEADER)]
 
 
+def _model_card(state: ServerState, name: str) -> dict[str, Any]:
+    """One entry of `/v1/models` (also `GET /v1/models/{id}`): the served model under `name`."""
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "watus", "root": state.model_id,
+            "max_model_len": state.engine.capabilities.max_context, "watus": state.engine.info()}
+
+
 def create_app(settings: LLMSettings | None = None,
                on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The LLM server app; `on_load_failure` lets the entry point stop the process when the model fails."""
@@ -135,22 +147,29 @@ def create_app(settings: LLMSettings | None = None,
     install_error_handlers(app)
     app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
-    @app.post("/v1/chat/completions", dependencies=[Auth])
     async def chat(req: ChatCompletionRequest, request: Request, state: State,
                    x_watus_turn: TurnHeader = None) -> Response:
         return await chat_completion(state, req, request, turn_headers(x_watus_turn))
 
-    @app.post("/v1/completions", dependencies=[Auth])
     async def completions(req: CompletionRequest, request: Request, state: State,
                           x_watus_turn: TurnHeader = None) -> Response:
         return await completion(state, req, request, turn_headers(x_watus_turn))
 
-    @app.get("/v1/models", dependencies=[Auth])
     async def models(state: State) -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": state.model_id, "object": "model", "created": state.created, "owned_by": "watus",
-            "max_model_len": state.engine.capabilities.max_context, "watus": state.engine.info(),
-        }]}
+        return {"object": "list", "data": [_model_card(state, name) for name in state.model_names]}
+
+    async def model(model_id: str, state: State) -> dict[str, Any]:
+        if not state.accepts(model_id):
+            raise ModelNotFoundAPIError(f"The model '{model_id}' does not exist; this server serves "
+                                        f"'{state.model_id}'.", param="model")
+        return _model_card(state, model_id)
+
+    for prefix in ("/v1", ""):
+        route = functools.partial(app.add_api_route, dependencies=[Auth], include_in_schema=bool(prefix))
+        route(f"{prefix}/chat/completions", chat, methods=["POST"])
+        route(f"{prefix}/completions", completions, methods=["POST"])
+        route(f"{prefix}/models", models, methods=["GET"])
+        route(f"{prefix}/models/{{model_id:path}}", model, methods=["GET"])
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -1,10 +1,10 @@
-"""The generation core shared by both endpoints: admission, the engine stream, text, stops, timings.
+"""The generation core shared by both endpoints: a request's engine streams, text, stops, timings.
 
-`Admission` bounds the work: `max_concurrent` requests generate, at most `queue_size` wait (each at most
-`queue_timeout_s`), the rest get 503 with `Retry-After` before any byte is sent. `generate` turns an
-engine's deltas into text chunks and records time to first token, prefill and decode speed and queue
-wait, as Prometheus histograms and one log line per request. `Run` is one admitted generation, which
-gives its slot back exactly once however it ends.
+`generate` turns one engine stream's deltas into text chunks (with the log-probabilities of the tokens
+each chunk completes, when asked) and records time to first token, prefill and decode speed and queue
+wait, as Prometheus histograms and one log line per stream. `Run` is one admitted request (admission is
+`trt_server.admission`): one `Stream` per choice (`n`, several prompts), over the slots it was given,
+which it gives back exactly once however it ends.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from trt_server.engines.base import Engine, EngineError, SamplingParams
-from trt_server.errors import InternalEngineError, OverloadedError
+from trt_server.admission import Admission
+from trt_server.engines.base import Engine, EngineError, SamplingParams, TokenLogprob
+from trt_server.errors import InternalEngineError
+from trt_server.logprobs import TokenQueue, with_text
 from trt_server.textstream import IncrementalDetokenizer, StopMatcher
 from watus.core import metrics as m
 
@@ -48,57 +50,12 @@ class LLMMetrics:
         self.queued = m.gauge("watus_llm_requests_waiting", "Requests waiting for a slot.", registry)
 
 
-class Admission:
-    """A bounded waiting room in front of the engine's slots."""
-
-    def __init__(self, slots: int, queue_size: int, timeout_s: float, metrics: LLMMetrics) -> None:
-        self._sem = asyncio.Semaphore(slots)
-        self._queue_size = queue_size
-        self._timeout = timeout_s
-        self._waiting = 0
-        self._metrics = metrics
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    def _overloaded(self, why: str) -> OverloadedError:
-        self._metrics.rejected.inc()
-        retry = max(1, int(self._timeout / 4))
-        return OverloadedError(f"The server is busy ({why}); retry later.", headers={"Retry-After": str(retry)})
-
-    async def acquire(self) -> float:
-        """Wait for a slot; returns seconds waited. Raises OverloadedError (503)."""
-        start = time.perf_counter()
-        if not self._sem.locked():
-            await self._sem.acquire()  # a free slot: returns at once, without yielding
-        else:
-            if self._waiting >= self._queue_size:
-                raise self._overloaded(f"{self._waiting} requests already waiting")
-            self._waiting += 1
-            self._metrics.queued.set(self._waiting)
-            try:
-                await asyncio.wait_for(self._sem.acquire(), self._timeout)
-            except asyncio.TimeoutError:
-                raise self._overloaded(f"no free slot within {self._timeout:g} s") from None
-            finally:
-                self._waiting -= 1
-                self._metrics.queued.set(self._waiting)
-        self._metrics.in_flight.inc()
-        waited = time.perf_counter() - start
-        self._metrics.queue_wait.observe(waited)
-        return waited
-
-    def release(self) -> None:
-        self._metrics.in_flight.dec()
-        self._sem.release()
-
-
 @dataclass
 class Chunk:
-    """Text to send."""
+    """Text to send, and (when asked) the tokens whose text it completes."""
 
     text: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -112,6 +69,18 @@ class Outcome:
     decode_tps: float | None = None
     queue_wait_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    #: perf_counter() of the first and last generated token (None before the first).
+    first_s: float | None = None
+    last_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream of a request: the choice it answers, its prompt and its sampling."""
+
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
 
 
 async def generate(
@@ -126,11 +95,21 @@ async def generate(
     metrics: LLMMetrics,
     endpoint: str,
     request_id: str,
+    limiter: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[Chunk]:
-    """Stream text chunks for a prompt; `outcome` is complete when the iterator ends."""
+    """Stream text chunks for a prompt; `outcome` is complete when the iterator ends.
+
+    `limiter`: the slots of a request with more streams than slots, taken before generating.
+    """
+    turn_wait = 0.0
+    if limiter is not None:
+        before = time.perf_counter()
+        await limiter.acquire()
+        turn_wait = time.perf_counter() - before
     started = time.perf_counter()
-    outcome.queue_wait_s = queue_wait_s
+    outcome.queue_wait_s = queue_wait_s + turn_wait
     stopper = StopMatcher(stops)
+    tokens = TokenQueue() if params.logprobs is not None else None
     detok: IncrementalDetokenizer | None = None
     first: float | None = None
     last = started
@@ -156,14 +135,26 @@ async def generate(
             if delta.finish_reason:
                 finish = delta.finish_reason
             out = stopper.feed(text)
-            if out:
-                yield Chunk(out)
+            if tokens is None:
+                if out:
+                    yield Chunk(out)
+            else:
+                if delta.logprobs:
+                    tokens.add(with_text(delta.logprobs, engine.tokenizer))
+                done = tokens.sent(out)
+                if out or done:
+                    yield Chunk(out, done)
             if stopper.stopped:
                 finish = "stop"
                 break
         tail = stopper.flush()
-        if tail:
-            yield Chunk(tail)
+        if tokens is None:
+            if tail:
+                yield Chunk(tail)
+        else:
+            done = tokens.sent(tail) + tokens.finish(cut=stopper.stopped)
+            if tail or done:
+                yield Chunk(tail, done)
     except EngineError as e:
         log.error("request %s: engine error: %s", request_id, e)
         raise InternalEngineError(f"generation failed: {e}") from e
@@ -173,6 +164,8 @@ async def generate(
             await stream.aclose()  # type: ignore[attr-defined]
         except Exception:
             log.warning("request %s: closing the engine stream failed", request_id, exc_info=True)
+        if limiter is not None:
+            limiter.release()
         _record(outcome, metrics, endpoint, request_id, arrival, started, first, last, produced,
                 len(prompt_ids), finish)
 
@@ -182,6 +175,7 @@ def _record(outcome: Outcome, metrics: LLMMetrics, endpoint: str, request_id: st
             finish: str) -> None:
     outcome.finish_reason = finish
     outcome.completion_tokens = produced
+    outcome.first_s, outcome.last_s = first, (last if first is not None else None)
     metrics.prompt_tokens.inc(n_prompt)
     metrics.completion_tokens.inc(produced)
     if first is not None:
@@ -209,21 +203,57 @@ def _record(outcome: Outcome, metrics: LLMMetrics, endpoint: str, request_id: st
              outcome.timings["prefill_tokens_per_s"], outcome.timings["decode_tokens_per_s"], total * 1000)
 
 
-class Run:
-    """One admitted generation: its chunks, its outcome, and its slot, released exactly once."""
+def merged_timings(outcomes: Sequence[Outcome]) -> dict[str, float]:
+    """The `timings` of a request: its one stream's, or for several the request as a whole."""
+    if len(outcomes) == 1:
+        return outcomes[0].timings
+    firsts = [o.first_s for o in outcomes if o.first_s is not None]
+    lasts = [o.last_s for o in outcomes if o.last_s is not None]
+    after_first = sum(max(0, o.completion_tokens - 1) for o in outcomes if o.first_s is not None)
+    span = max(lasts) - min(firsts) if firsts and lasts else 0.0
+    return {
+        "queue_ms": max(o.timings.get("queue_ms", 0.0) for o in outcomes),
+        "ttft_ms": min((o.timings.get("ttft_ms", 0.0) for o in outcomes if o.first_s is not None), default=0.0),
+        "prefill_tokens_per_s": round(sum(o.prefill_tps or 0.0 for o in outcomes), 1),
+        # All streams together: what the engine's slots produced side by side.
+        "decode_tokens_per_s": round(after_first / span, 1) if span > 0 else 0.0,
+        "total_ms": max(o.timings.get("total_ms", 0.0) for o in outcomes),
+    }
 
-    def __init__(self, engine: Engine, admission: Admission, metrics: LLMMetrics, ids: list[int],
-                 params: SamplingParams, stops: Sequence[str], *, arrival: float, waited: float, endpoint: str,
+
+@dataclass
+class Stream:
+    """One choice of a request: its prompt, its text chunks, and how it ended."""
+
+    index: int
+    ids: list[int]
+    outcome: Outcome
+    chunks: AsyncIterator[Chunk]
+
+
+class Run:
+    """One admitted request: a stream per choice, and its slots, given back exactly once."""
+
+    def __init__(self, engine: Engine, admission: Admission, metrics: LLMMetrics, specs: Sequence[StreamSpec],
+                 stops: Sequence[str], *, arrival: float, waited: float, weight: int, endpoint: str,
                  request_id: str) -> None:
-        self.ids, self.outcome, self.endpoint = ids, Outcome(), endpoint
-        self._admission, self._metrics = admission, metrics
+        self.endpoint = endpoint
+        self._admission, self._metrics, self._weight = admission, metrics, weight
         self._released = False
-        self.chunks = generate(engine, ids, params, stops, arrival=arrival, queue_wait_s=waited,
-                               outcome=self.outcome, metrics=metrics, endpoint=endpoint, request_id=request_id)
+        # More streams than slots: they take turns on the request's slots.
+        limiter = asyncio.Semaphore(weight) if len(specs) > weight else None
+        self.streams: list[Stream] = []
+        for spec in specs:
+            outcome = Outcome()
+            rid = request_id if len(specs) == 1 else f"{request_id}/{spec.index}"
+            chunks = generate(engine, spec.prompt_ids, spec.params, stops, arrival=arrival, queue_wait_s=waited,
+                              outcome=outcome, metrics=metrics, endpoint=endpoint, request_id=rid,
+                              limiter=limiter)
+            self.streams.append(Stream(spec.index, spec.prompt_ids, outcome, chunks))
 
     def release(self, status: str) -> None:
-        """Give the slot back and count the request as `status` (ok, error, cancelled); once only."""
+        """Give the slots back and count the request as `status` (ok, error, cancelled); once only."""
         if not self._released:
             self._released = True
-            self._admission.release()
+            self._admission.release(self._weight)
             self._metrics.requests.labels(self.endpoint, status).inc()

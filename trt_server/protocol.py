@@ -1,18 +1,25 @@
 """Wire schemas of the OpenAI-compatible API (requests fully validated before any byte is streamed).
 
 Only what the server honours is modelled; unknown fields are accepted and ignored, as OpenAI clients
-send new fields before servers know them. Fields the server cannot honour (n > 1, logprobs, images)
-are rejected with a 400 instead of being silently dropped.
+send new fields before servers know them. Fields the server cannot honour (images, `suffix`) are
+rejected with a 400 instead of being silently dropped. What depends on the engine (logprobs, `n`,
+`logit_bias`) and checks across fields are in `trt_server.support`, which names the parameter.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Most choices one request may ask for (chat `n`; completions: prompts x `n`).
+MAX_CHOICES = 64
+#: Most alternatives per token (`top_logprobs`, legacy `logprobs`), OpenAI's limit for chat.
+MAX_TOP_LOGPROBS = 20
+_INT64 = 2**63
 
 
 class _Lenient(BaseModel):
@@ -49,6 +56,19 @@ def content_text(content: Content | None) -> str:
 class FunctionCall(_Lenient):
     name: str
     arguments: str = "{}"
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, v: str) -> str:
+        if not v.strip():
+            return "{}"  # some clients send "" for a call without arguments
+        try:
+            parsed = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"arguments must be a JSON object serialised as a string ({e})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("arguments must be a JSON object serialised as a string")
+        return v
 
 
 class ToolCall(_Lenient):
@@ -178,9 +198,9 @@ class _SamplingFields(_Lenient):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-_INT64, le=_INT64 - 1)
     stop: Stop = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool = False
@@ -188,6 +208,21 @@ class _SamplingFields(_Lenient):
     user: str | None = None
     #: Extension (vLLM, llama.cpp): keep going past end-of-generation; for benchmarks.
     ignore_eos: bool = False
+    #: Token id (as a string) -> bias in [-100, 100] added to its logit.
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"logit_bias keys must be token ids (non-negative integers as strings), not {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias values must be between -100 and 100 (token {key}: {bias:g})")
+        return v
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple(sorted((int(k), float(b)) for k, b in (self.logit_bias or {}).items()))
 
     @field_validator("stop")
     @classmethod
@@ -197,13 +232,6 @@ class _SamplingFields(_Lenient):
             raise ValueError("at most 16 stop strings")
         if any(s == "" for s in stops):
             raise ValueError("stop strings must not be empty")
-        return v
-
-    @field_validator("n")
-    @classmethod
-    def _one(cls, v: int | None) -> int | None:
-        if v is not None and v != 1:
-            raise ValueError("only n=1 is supported")
         return v
 
     def stop_list(self) -> list[str]:
@@ -218,19 +246,13 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("messages")
     @classmethod
     def _not_empty(cls, v: list[Any]) -> list[Any]:
         if not v:
             raise ValueError("messages must contain at least one message")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
         return v
 
     @model_validator(mode="after")
@@ -253,31 +275,39 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+Prompt = str | list[int]
+
+
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+    #: Alternatives per token in the legacy format (0: only the sampled token's log-probability).
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
-    def _single(cls, v: Any) -> Any:
+    def _prompts(cls, v: Any) -> Any:
         if isinstance(v, list):
             if not v:
                 raise ValueError("prompt must not be empty")
-            if isinstance(v[0], (str, list)):
-                if len(v) != 1:
-                    raise ValueError("only one prompt per request is supported")
-                return v[0]
+            if len(v) > MAX_CHOICES:
+                raise ValueError(f"at most {MAX_CHOICES} prompts per request")
+            if isinstance(v[0], str):
+                return v
+            for p in v if isinstance(v[0], list) else [v]:
+                if not p:
+                    raise ValueError("a prompt of token ids must not be empty")
+                if any(t < 0 for t in p):
+                    raise ValueError("token ids must be non-negative integers")
         return v
 
-    @model_validator(mode="after")
-    def _unsupported(self) -> CompletionRequest:
-        if self.suffix:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        if self.best_of not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported by this server")
-        return self
+    def prompts(self) -> list[Prompt]:
+        """The prompts of the request: one string or token-id list each."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], (str, list)):
+            return list(p)
+        return [p]  # type: ignore[list-item]

@@ -1,8 +1,12 @@
-"""The OpenAI reply shapes of a generation: whole bodies, and the events of a streamed reply.
+"""The OpenAI reply shapes of a request: whole bodies, and the events of a streamed reply.
 
-Chat replies carry parsed tool calls (`tool_calls`, finish reason `tool_calls`); legacy completions
-echo the prompt when asked. Both add `usage` (with `stream_options.include_usage` when streamed) and
-the server's `timings`.
+A request has one stream per choice (`n`, several prompts); each becomes one entry of `choices` with its
+`index`, and streamed replies interleave the choices' events as they come (`fanout.merge`). Chat replies
+carry parsed tool calls (`tool_calls`, finish reason `tool_calls`; a call cut by `max_tokens` keeps
+`length`); legacy completions echo the prompt when asked. Log-probabilities, when asked, are in each
+choice (chat: `logprobs.content`; completions: the legacy `tokens`/`token_logprobs` lists), in streams
+with the event that carries their text. Both add `usage` (with `stream_options.include_usage` when
+streamed) and the server's `timings`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,24 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from trt_server.generation import Chunk, Outcome, Run
+from trt_server.engines.base import TokenLogprob
+from trt_server.errors import BadRequestError
+from trt_server.fanout import all_of, merge
+from trt_server.generation import Chunk, Outcome, Run, Stream, merged_timings
+from trt_server.logprobs import LegacyLogprobs, chat_content, chat_logprobs
 from trt_server.sse import TEXT_SLOT, TextEvents
-from trt_server.toolcalls import ParsedToolCall, StreamingToolParser
+from trt_server.toolcalls import IncompleteToolCallError, ParsedToolCall, StreamEvent, StreamingToolParser
+
+Event = dict[str, Any] | bytes
 
 
-def _usage(n_prompt: int, n_completion: int) -> dict[str, int]:
+def _usage(run: Run, n_prompt: int) -> dict[str, int]:
+    n_completion = sum(s.outcome.completion_tokens for s in run.streams)
     return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+
+
+def _timings(run: Run) -> dict[str, float]:
+    return merged_timings([s.outcome for s in run.streams])
 
 
 def _tool_call_dict(call: ParsedToolCall, index: int | None = None) -> dict[str, Any]:
@@ -30,50 +45,77 @@ def _tool_call_dict(call: ParsedToolCall, index: int | None = None) -> dict[str,
 
 
 def _finish(outcome: Outcome, calls: list[ParsedToolCall]) -> str:
-    if calls and outcome.finish_reason != "length":
+    # A call the output ended inside keeps the reason it ended ("length"), as OpenAI reports it.
+    if calls and outcome.finish_reason != "length" and all(c.complete for c in calls):
         return "tool_calls"
     return outcome.finish_reason
+
+
+def _end_calls(parser: StreamingToolParser) -> StreamEvent:
+    try:
+        return parser.finish()
+    except IncompleteToolCallError as e:
+        raise BadRequestError(f"The output ended inside a tool call before its function name was complete "
+                              f"({e}); allow more max_tokens.", param="max_tokens") from e
 
 
 # --------------------------------------------------------------------------- chat
 
 
-async def chat_body(run: Run, model_id: str, rid: str, parser: StreamingToolParser | None) -> dict[str, Any]:
-    """The whole `chat.completion` once the generation ends."""
+async def _chat_choice(stream: Stream, parser: StreamingToolParser | None, top: int | None) -> dict[str, Any]:
     parts: list[str] = []
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for chunk in run.chunks:
+    logprobs: list[TokenLogprob] = []
+    async with contextlib.aclosing(stream.chunks):  # type: ignore[type-var]
+        async for chunk in stream.chunks:
             parts.append(parser.feed(chunk.text).content if parser else chunk.text)
+            if chunk.logprobs:
+                logprobs.extend(chunk.logprobs)
     if parser:
-        parts.append(parser.finish().content)
+        parts.append(_end_calls(parser).content)
     calls = parser.calls if parser else []
     text = "".join(parts)
     message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
     if calls:
         message["tool_calls"] = [_tool_call_dict(c) for c in calls]
+    return {"index": stream.index, "message": message,
+            "logprobs": chat_logprobs(logprobs, top) if top is not None else None,
+            "finish_reason": _finish(stream.outcome, calls)}
+
+
+async def chat_body(run: Run, model_id: str, rid: str, parsers: list[StreamingToolParser | None],
+                    top: int | None, prompt_tokens: int) -> dict[str, Any]:
+    """The whole `chat.completion` once every choice has ended."""
+    choices = await all_of([_chat_choice(s, p, top) for s, p in zip(run.streams, parsers, strict=True)])
     return {
         "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model_id,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": _finish(run.outcome, calls)}],
-        "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-        "timings": run.outcome.timings,
+        "choices": choices, "usage": _usage(run, prompt_tokens), "timings": _timings(run),
     }
 
 
-async def chat_events(run: Run, model_id: str, rid: str, parser: StreamingToolParser | None,
-                      include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
-    """The `chat.completion.chunk` events of a streamed reply (pre-encoded bytes on the hot path)."""
-    created = int(time.time())
-    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+async def _chat_choice_events(stream: Stream, base: dict[str, Any], extra: dict[str, Any],
+                              parser: StreamingToolParser | None, top: int | None) -> AsyncIterator[Event]:
+    index = stream.index
+    pending: list[TokenLogprob] = []
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    def chunk(delta: dict[str, Any], finish: str | None = None,
+              logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
                 **extra}
+
+    def take() -> dict[str, Any] | None:
+        """The log-probabilities of the tokens sent since the last event that carried some."""
+        if top is None:
+            return None
+        out = {"content": chat_content(pending, top), "refusal": None}
+        pending.clear()
+        return out
 
     content = TextEvents(chunk({"content": TEXT_SLOT}))
 
-    yield chunk({"role": "assistant", "content": ""})
+    def text_event(text: str) -> Event:
+        # Without log-probabilities: the pre-encoded fast path of every token.
+        return content.encode(text) if top is None else chunk({"content": text}, logprobs=take())
+
     n_calls = 0
 
     def call_deltas(calls: list[ParsedToolCall]) -> dict[str, Any]:
@@ -82,64 +124,101 @@ async def chat_events(run: Run, model_id: str, rid: str, parser: StreamingToolPa
         for c in calls:
             deltas.append(_tool_call_dict(c, n_calls))
             n_calls += 1
-        return chunk({"tool_calls": deltas})
+        return chunk({"tool_calls": deltas}, logprobs=take())
 
+    yield chunk({"role": "assistant", "content": ""})
     c: Chunk
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for c in run.chunks:
+    async with contextlib.aclosing(stream.chunks):  # type: ignore[type-var]
+        async for c in stream.chunks:
+            if c.logprobs:
+                pending.extend(c.logprobs)
             if parser is None:
-                yield content.encode(c.text)
+                yield text_event(c.text)
                 continue
             ev = parser.feed(c.text)
             if ev.content:
-                yield content.encode(ev.content)
+                yield text_event(ev.content)
             if ev.tool_calls:
                 yield call_deltas(ev.tool_calls)
     if parser is not None:
-        ev = parser.finish()
+        ev = _end_calls(parser)
         if ev.content:
-            yield chunk({"content": ev.content})
+            yield chunk({"content": ev.content}, logprobs=take())
         if ev.tool_calls:
             yield call_deltas(ev.tool_calls)
-    yield chunk({}, _finish(run.outcome, parser.calls if parser else []))
+    yield chunk({}, _finish(stream.outcome, parser.calls if parser else []), logprobs=take() if pending else None)
+
+
+async def chat_events(run: Run, model_id: str, rid: str, parsers: list[StreamingToolParser | None],
+                      include_usage: bool, top: int | None, prompt_tokens: int) -> AsyncIterator[Event]:
+    """The `chat.completion.chunk` events of a streamed reply (pre-encoded bytes on the hot path)."""
+    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    sources = [_chat_choice_events(s, base, extra, p, top) for s, p in zip(run.streams, parsers, strict=True)]
+    events = sources[0] if len(sources) == 1 else merge(sources)
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for ev in events:
+            yield ev
     if include_usage:
-        yield {**base, "choices": [], "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-               "timings": run.outcome.timings}
+        yield {**base, "choices": [], "usage": _usage(run, prompt_tokens), "timings": _timings(run)}
 
 
 # --------------------------------------------------------------------------- completions
 
 
-async def completion_body(run: Run, model_id: str, rid: str, echo: str) -> dict[str, Any]:
-    """The whole `text_completion` once the generation ends."""
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        text = echo + "".join([c.text async for c in run.chunks])
+async def _completion_choice(stream: Stream, echo: str, top: int | None) -> dict[str, Any]:
+    texts = [echo]
+    logprobs: list[TokenLogprob] = []
+    async with contextlib.aclosing(stream.chunks):  # type: ignore[type-var]
+        async for c in stream.chunks:
+            texts.append(c.text)
+            if c.logprobs:
+                logprobs.extend(c.logprobs)
+    return {"index": stream.index, "text": "".join(texts),
+            "logprobs": LegacyLogprobs(top, len(echo)).block(logprobs) if top is not None else None,
+            "finish_reason": stream.outcome.finish_reason}
+
+
+async def completion_body(run: Run, model_id: str, rid: str, echoes: list[str], top: int | None,
+                          prompt_tokens: int) -> dict[str, Any]:
+    """The whole `text_completion` once every choice has ended."""
+    choices = await all_of([_completion_choice(s, e, top) for s, e in zip(run.streams, echoes, strict=True)])
     return {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model_id,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": run.outcome.finish_reason}],
-        "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-        "timings": run.outcome.timings,
+        "choices": choices, "usage": _usage(run, prompt_tokens), "timings": _timings(run),
     }
 
 
-async def completion_events(run: Run, model_id: str, rid: str, echo: str,
-                            include_usage: bool) -> AsyncIterator[dict[str, Any] | bytes]:
-    """The `text_completion` events of a streamed reply."""
-    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_id}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+async def _completion_choice_events(stream: Stream, base: dict[str, Any], extra: dict[str, Any], echo: str,
+                                    top: int | None) -> AsyncIterator[Event]:
+    index = stream.index
+    legacy = LegacyLogprobs(top, len(echo)) if top is not None else None
 
-    def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
-        return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    def chunk(text: str, finish: str | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
                 **extra}
 
     texts = TextEvents(chunk(TEXT_SLOT))
-
     if echo:
         yield chunk(echo)
-    async with contextlib.aclosing(run.chunks):  # type: ignore[type-var]
-        async for c in run.chunks:
-            yield texts.encode(c.text)
-    yield chunk("", run.outcome.finish_reason)
+    async with contextlib.aclosing(stream.chunks):  # type: ignore[type-var]
+        async for c in stream.chunks:
+            if legacy is None:
+                yield texts.encode(c.text)
+            else:
+                yield chunk(c.text, logprobs=legacy.block(c.logprobs or []))
+    yield chunk("", stream.outcome.finish_reason)
+
+
+async def completion_events(run: Run, model_id: str, rid: str, echoes: list[str], include_usage: bool,
+                            top: int | None, prompt_tokens: int) -> AsyncIterator[Event]:
+    """The `text_completion` events of a streamed reply."""
+    base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_id}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    sources = [_completion_choice_events(s, base, extra, e, top) for s, e in zip(run.streams, echoes, strict=True)]
+    events = sources[0] if len(sources) == 1 else merge(sources)
+    async with contextlib.aclosing(events):  # type: ignore[type-var]
+        async for ev in events:
+            yield ev
     if include_usage:
-        yield {**base, "choices": [], "usage": _usage(len(run.ids), run.outcome.completion_tokens),
-               "timings": run.outcome.timings}
+        yield {**base, "choices": [], "usage": _usage(run, prompt_tokens), "timings": _timings(run)}

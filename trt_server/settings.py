@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from watus.core.config import DEFAULT_PORTS, WatusSettings
 
@@ -38,6 +40,11 @@ class LLMSettings(WatusSettings):
         None, description="Model id served in `/v1/models` and accepted in requests. Empty: the file or "
         "directory name.",
     )
+    model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Other model names requests may use, comma separated (e.g. `gpt-4o-mini` for "
+        "off-the-shelf clients), listed in `/v1/models` too; `*` accepts any name. Other names get 404 "
+        "(`default` is always accepted).",
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(DEFAULT_PORTS["llm"], ge=1, le=65535, description="TCP port.")
     context_length: int = Field(2048, ge=128, le=1_048_576, description="Context window per request (tokens).")
@@ -57,6 +64,16 @@ class LLMSettings(WatusSettings):
         "memory is the system's, shared with vision and audio: use 0.10 there (deploy/jetson/README.md).",
     )
     warmup: bool = Field(True, description="Run one short generation before reporting healthy.")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)  # the env file's `[]` form
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
 
     @field_validator("api_key")
     @classmethod

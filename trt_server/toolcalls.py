@@ -5,25 +5,65 @@ around them), Llama-3 JSON (`{"name": ..., "parameters": ...}`, optionally after
 several separated by `;`, or a JSON list), Mistral `[TOOL_CALLS][...]`, and the bare JSON object that
 grammar-forced decoding produces. The streaming parser lets plain text through at once and holds back
 only what may be the start of a call, so a spoken reply is never delayed by tool support.
+
+A call the output ends in the middle of (`max_tokens`, a stop string) is never passed off as content:
+it becomes a call with the arguments written so far (`complete` False), as OpenAI returns one cut by
+`max_tokens`. Only a forced call cut before its function name is known has no call to return: that is
+`IncompleteToolCallError`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 _JSON_PREFIXES = ("{", "[", "<|python_tag|>", "[TOOL_CALLS]")
+# The start of a call object, as far as it got: its name (maybe unfinished) and whether it is closed.
+_CALL_HEAD = re.compile(r'\s*(?:<\|python_tag\|>|\[TOOL_CALLS\])?\s*\[?\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)(")?')
+_ARGS_KEY = re.compile(r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
+
+
+class IncompleteToolCallError(ValueError):
+    """A forced call ended before its function name was complete (too few `max_tokens`)."""
 
 
 @dataclass
 class ParsedToolCall:
     name: str
-    arguments: str  # a JSON object, serialised, as OpenAI sends it
+    arguments: str  # a JSON object, serialised, as OpenAI sends it (cut short where `complete` is False)
     id: str = field(default_factory=lambda: "call_" + secrets.token_hex(12))
+    #: False: the output ended inside this call; `arguments` is the JSON written so far.
+    complete: bool = True
+
+
+def partial_call(text: str, names: Sequence[str]) -> ParsedToolCall | None:
+    """The call `text` ends in the middle of, or None if it does not start like a call object.
+
+    Raises IncompleteToolCallError if the name is unfinished and more than one of `names` fits it.
+    """
+    head = _CALL_HEAD.match(text)
+    if head is None:
+        return None
+    name = head.group(1)
+    if head.group(2):
+        try:
+            name = json.loads(f'"{name}"')
+        except json.JSONDecodeError:
+            return None
+    else:
+        fits = [n for n in names if n.startswith(name)]
+        if len(fits) != 1:
+            raise IncompleteToolCallError(f"the output ended inside the function name ({name!r})")
+        name = fits[0]
+    rest = text[head.end():]
+    args = _ARGS_KEY.match(rest) if head.group(2) else None
+    return ParsedToolCall(name=name, arguments=rest[args.end():].rstrip() if args else "", complete=False)
 
 
 def _call_from_obj(obj: Any) -> ParsedToolCall | None:
@@ -117,9 +157,11 @@ class StreamEvent:
 class StreamingToolParser:
     """Feed text deltas, get content to send now and tool calls as soon as each is complete."""
 
-    def __init__(self, *, json_only: bool = False) -> None:
+    def __init__(self, *, json_only: bool = False, names: Sequence[str] = ()) -> None:
         #: json_only: grammar-forced output, the whole text is a call.
         self._json_only = json_only
+        #: The functions the model may call (to finish a name the output was cut inside).
+        self._names = tuple(names)
         self._mode = "json" if json_only else "start"
         self._buf = ""
         self.calls: list[ParsedToolCall] = []
@@ -169,20 +211,23 @@ class StreamingToolParser:
                 self._buf = self._buf.lstrip()
 
     def finish(self) -> StreamEvent:
-        """End of output: whatever is held back becomes a call if it parses, else content."""
+        """End of output: whatever is held back becomes a call if it parses (or was cut), else content.
+
+        Raises IncompleteToolCallError for a cut call whose function name is not known.
+        """
         event = StreamEvent()
         buf, self._buf = self._buf, ""
-        if not buf:
-            return event
-        if self._mode in ("json", "start"):
-            calls = _calls_from_json_text(buf)
-            if calls:
-                self.calls.extend(calls)
-                event.tool_calls.extend(calls)
-            else:
-                event.content = buf
-        elif self._mode == "call":
-            calls = _calls_from_json_text(buf[len(TOOL_OPEN):])
+        if self._mode in ("json", "start", "call") and (buf or self._json_only):
+            body = buf[len(TOOL_OPEN):] if self._mode == "call" else buf
+            calls = _calls_from_json_text(body)
+            if not calls:
+                cut = partial_call(body, self._names)
+                if cut is None and self._json_only:
+                    # Under the grammar the output is the start of a call, cut before its name.
+                    if len(self._names) != 1:
+                        raise IncompleteToolCallError("the output ended before the function name")
+                    cut = ParsedToolCall(name=self._names[0], arguments="", complete=False)
+                calls = [cut] if cut is not None else None
             if calls:
                 self.calls.extend(calls)
                 event.tool_calls.extend(calls)

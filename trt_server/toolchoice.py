@@ -3,6 +3,9 @@
 A forced call (`required`, a named function, `allowed_tools` in required mode) or a JSON
 `response_format` becomes a JSON schema that guided decoding enforces. Where the engine has no guided
 decoding, the same demand goes into the system prompt instead, and the output is parsed as usual.
+
+A tool's parameters sit inside the call schema (`properties.arguments`), so their local `$ref`s
+(`#/$defs/...`, what pydantic writes for every nested model) are rewritten to point there.
 """
 
 from __future__ import annotations
@@ -30,16 +33,48 @@ def closed_schema(schema: Any) -> Any:
     return out
 
 
+#: Keywords whose values are data, not schemas: a `$ref` key in them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+#: Keywords whose values map names (any names, `const` included) to schemas.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def rebased_refs(schema: Any, base: str) -> Any:
+    """A copy of `schema` for embedding at JSON pointer `base` (e.g. `#/properties/arguments`).
+
+    Local pointers (`#`, `#/...`) are relative to the schema's own root; embedded, they must start at
+    `base`. Anchors (`#name`) and remote references are left alone (the schema check refuses them).
+    """
+    if isinstance(schema, list):
+        return [rebased_refs(s, base) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value.startswith("#/")):
+            out[key] = base + value[1:]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: rebased_refs(sub, base) for name, sub in value.items()}
+        elif key in _DATA_KEYWORDS:
+            out[key] = value
+        else:
+            out[key] = rebased_refs(value, base)
+    return out
+
+
 def _tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
     """JSON schema of one call to any of `tools`: `{"name": <const>, "arguments": <its parameters>}`."""
-    options = [
-        {"type": "object",
-         "properties": {"name": {"const": t.function.name},
-                        "arguments": closed_schema(t.function.parameters or {"type": "object"})},
-         "required": ["name", "arguments"]}
-        for t in tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+
+    def option(t: Tool, at: str) -> dict[str, Any]:
+        params = closed_schema(t.function.parameters or {"type": "object"})
+        return {"type": "object",
+                "properties": {"name": {"const": t.function.name},
+                               "arguments": rebased_refs(params, f"{at}/properties/arguments")},
+                "required": ["name", "arguments"]}
+
+    if len(tools) == 1:
+        return option(tools[0], "#")
+    return {"anyOf": [option(t, f"#/anyOf/{i}") for i, t in enumerate(tools)]}
 
 
 @dataclass

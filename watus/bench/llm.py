@@ -35,17 +35,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
 from watus.bench.llm_report import GoalCheck, goal_checks, goal_verdict, render_markdown, write_jsonl
-from watus.bench.llm_targets import Driver, TargetKind, TargetSpec, open_target, parse_target
+from watus.bench.llm_targets import Driver, OpenAIDriver, TargetKind, TargetSpec, open_target, parse_target
 from watus.bench.llm_types import (
+    FEATURE_VARIANTS,
     BenchConfig,
     BenchError,
     BenchResult,
     ConcurrencyLevel,
+    FeatureVariant,
     RunResult,
     StreamTiming,
     TargetResult,
@@ -145,10 +148,14 @@ def _next_guess(seen: dict[int, int], goal: int) -> int | None:
 
 
 def _timed(driver: Driver, prompt: str, cfg: BenchConfig, label: str, phase: str, index: int,
-           concurrency: int = 1) -> RunResult:
+           concurrency: int = 1, extra: dict[str, Any] | None = None) -> RunResult:
     start = time.perf_counter()
     try:
-        return driver.generate(prompt, cfg.max_tokens).result(label, phase, index, concurrency)
+        if extra and isinstance(driver, OpenAIDriver):
+            timing = driver.generate(prompt, cfg.max_tokens, extra)
+        else:
+            timing = driver.generate(prompt, cfg.max_tokens)
+        return timing.result(label, phase, index, concurrency)
     except (BenchError, httpx.HTTPError, ValueError) as e:  # ValueError: a body that is not JSON
         log.warning("%s %s #%d failed: %s", label, phase, index, e)
         return RunResult(target=label, phase=phase, index=index, concurrency=concurrency,
@@ -198,6 +205,19 @@ def _concurrency_level(driver: Driver, cfg: BenchConfig, label: str, c: int, wor
     return level
 
 
+def _feature_runs(driver: OpenAIDriver, cfg: BenchConfig, label: str, words: int, nonces: Iterator[int],
+                  tick: Callable[[int], None]) -> list[FeatureVariant]:
+    variants = [FeatureVariant(name) for name in FEATURE_VARIANTS]
+    for i in range(cfg.feature_runs):
+        for v in variants:
+            completions, chat = FEATURE_VARIANTS[v.name]
+            extra = chat if cfg.chat else completions
+            v.runs.append(_timed(driver, build_prompt(words, next(nonces)), cfg, label, f"feature:{v.name}", i,
+                                 extra=extra))
+            tick(1)
+    return variants
+
+
 def bench_target(spec: TargetSpec, cfg: BenchConfig, log_dir: Path,
                  progress: ProgressFn | None = None) -> TargetResult:
     """Load the target, calibrate the prompt, warm up, time the runs and the concurrency sweep.
@@ -207,7 +227,9 @@ def bench_target(spec: TargetSpec, cfg: BenchConfig, log_dir: Path,
     result = TargetResult(spec=spec.spec, kind=spec.kind.value)
     is_http = spec.kind is not TargetKind.inprocess
     sweep = [c for c in cfg.concurrency if c >= 1] if is_http else []
-    total = cfg.warmup + cfg.runs + cfg.concurrency_rounds * sum(sweep)
+    is_ours = spec.spec == cfg.ours if cfg.ours else spec.kind is TargetKind.self_server
+    features = cfg.feature_runs if is_ours and spec.kind in (TargetKind.self_server, TargetKind.openai) else 0
+    total = cfg.warmup + cfg.runs + cfg.concurrency_rounds * sum(sweep) + features * len(FEATURE_VARIANTS)
     done = 0
 
     def tick(n: int = 1) -> None:
@@ -239,6 +261,8 @@ def bench_target(spec: TargetSpec, cfg: BenchConfig, log_dir: Path,
                             "noisy", spec.spec, result.other_cpu_percent)
             for c in sweep:
                 result.concurrency.append(_concurrency_level(driver, cfg, spec.spec, c, words, nonces, tick))
+            if features and isinstance(driver, OpenAIDriver):
+                result.features = _feature_runs(driver, cfg, spec.spec, words, nonces, tick)
             result.ignore_eos = driver.ignore_eos
     except (BenchError, httpx.HTTPError, OSError, ValueError) as e:
         log.error("target %s failed: %s", spec.spec, e)

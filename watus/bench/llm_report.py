@@ -142,6 +142,20 @@ def _concurrency_table(result: BenchResult) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def _features_table(result: BenchResult) -> list[str]:
+    lines = [_row("target", "variant", "output tok/request p50", "decode tok/s p50", "× plain", "TTFT p50 ms",
+                  "wall p50 ms", "failed runs"), "|" + "---|" * 8]
+    for t in result.targets:
+        base = t.features[0].summary()["decode_tps"] if t.features else None
+        for v in t.features:
+            s = v.summary()
+            decode = s["decode_tps"]
+            ratio = f"{decode.p50 / base.p50:.2f}×" if decode and base and base.p50 else "–"
+            lines.append(_row(f"`{t.spec}`", v.name, _p(s["completion_tokens"], "p50", 0), _p(decode, "p50"), ratio,
+                              _p(s["ttft_ms"], "p50"), _p(s["wall_ms"], "p50", 0), str(v.errors)))
+    return lines if len(lines) > 2 else []
+
+
 def _telemetry_table(result: BenchResult) -> list[str]:
     lines = [_row("target", "source", "samples", "RAM used MB mean / max", "swap MB mean / max",
                   "CPU % mean / max", "other processes CPU %", "GPU % mean / max", "power W mean / max",
@@ -180,6 +194,9 @@ def render_markdown(result: BenchResult) -> str:
         out += ["", f"### Concurrency ({cfg.concurrency_rounds} rounds per level, streams start together; "
                 f"{cfg.slots} slots on llama.cpp's server and ours)",
                 "", *conc]
+    if feats := _features_table(result):
+        out += ["", f"### What sampling features cost ({cfg.feature_runs} runs per variant, interleaved; decode "
+                "tok/s counts the tokens of every choice)", "", *feats]
     if tel := _telemetry_table(result):
         out += ["", "### Telemetry (during the timed runs)", "", *tel]
     out += ["", "### Goal check", "", _row("check", "goal", "figures", "result"), "|---|---|---|---|"]
@@ -201,6 +218,8 @@ def write_jsonl(path: Path, result: BenchResult) -> None:
             lines.append({"type": "run", **asdict(r)})
         for level in t.concurrency:
             lines += [{"type": "run", **asdict(r)} for r in level.streams]
+        for v in t.features:
+            lines += [{"type": "run", **asdict(r)} for r in v.runs]
     for t in result.targets:
         lines.append({"type": "summary", "target": t.spec, "kind": t.kind, "model": t.model, "error": t.error,
                       "ignore_eos": t.ignore_eos, "prompt_words": t.prompt_words,
@@ -212,6 +231,9 @@ def write_jsonl(path: Path, result: BenchResult) -> None:
             lines.append({"type": "concurrency", "target": t.spec, "concurrency": level.concurrency,
                           "aggregate_tps_rounds": level.aggregate_tps, "failed_streams": level.errors,
                           **level.summary()})
+        for v in t.features:
+            lines.append({"type": "feature", "target": t.spec, "variant": v.name, "failed_runs": v.errors,
+                          **v.summary()})
     lines += [{"type": "goal", **asdict(g)} for g in goal_checks(result)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:

@@ -139,7 +139,7 @@ class OpenAIDriver:
             log.warning("could not list models at %s (%s); sending no model name", self._http.base_url, e)
             return None
 
-    def _body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+    def _body(self, prompt: str, max_tokens: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0, "seed": self._cfg.seed,
                                 "stream": True, "stream_options": {"include_usage": True}}
         if self._cfg.chat:
@@ -150,9 +150,13 @@ class OpenAIDriver:
             body["model"] = self.model
         if self.ignore_eos:
             body["ignore_eos"] = True
+        body.update(extra or {})
         return body
 
-    def generate(self, prompt: str, max_tokens: int) -> StreamTiming:
+    def generate(self, prompt: str, max_tokens: int, extra: dict[str, Any] | None = None) -> StreamTiming:
+        """Time one request; `extra` adds to its body (a refusal of it is an error, not a retry)."""
+        if extra:
+            return self._generate(prompt, max_tokens, extra)
         try:
             return self._generate(prompt, max_tokens)
         except _Rejected as e:
@@ -163,9 +167,9 @@ class OpenAIDriver:
             self.ignore_eos = False
             return self._generate(prompt, max_tokens)
 
-    def _generate(self, prompt: str, max_tokens: int) -> StreamTiming:
+    def _generate(self, prompt: str, max_tokens: int, extra: dict[str, Any] | None = None) -> StreamTiming:
         path = "/v1/chat/completions" if self._cfg.chat else "/v1/completions"
-        body = self._body(prompt, max_tokens)
+        body = self._body(prompt, max_tokens, extra)
         st = StreamTiming(start=time.perf_counter())
         with self._http.stream("POST", path, json=body) as resp:
             _raise_for_status(resp, path)

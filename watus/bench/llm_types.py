@@ -52,6 +52,18 @@ class BenchConfig:
     telemetry_interval_s: float = 0.25
     #: Spec of the target that is "our server" in the goal check; default: the `self:` target.
     ours: str | None = None
+    #: Timed runs per variant of the sampling-features comparison (`FEATURE_VARIANTS`) on our server
+    #: (`ours`, default the `self:` target), interleaved in one run; 0 skips it.
+    feature_runs: int = 3
+
+
+#: The same request plain, with log-probabilities (5 alternatives per token), and with two choices:
+#: name -> (extra body for completions, extra body for chat).
+FEATURE_VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "plain": ({}, {}),
+    "logprobs (top 5)": ({"logprobs": 5}, {"logprobs": True, "top_logprobs": 5}),
+    "n=2": ({"n": 2}, {"n": 2}),
+}
 
 
 @dataclass
@@ -132,8 +144,8 @@ def openai_chunk(st: StreamTiming, chunk: dict[str, Any], t: float, chat: bool) 
         else:
             text = choice.get("text") or ""
         st.text(t, text)
-        if choice.get("finish_reason") and st.finish is None:
-            st.finish = t
+        if choice.get("finish_reason"):
+            st.finish = t  # the last choice's (n > 1) ends the generation
     usage = chunk.get("usage")
     if usage:
         st.prompt_tokens = usage.get("prompt_tokens")
@@ -161,6 +173,23 @@ class ConcurrencyLevel:
 
 
 @dataclass
+class FeatureVariant:
+    """Timed runs of one `FEATURE_VARIANTS` request; decode tok/s counts the tokens of all choices."""
+
+    name: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Summary | None]:
+        ok = [r for r in self.runs if r.error is None]
+        return {m: summarize(getattr(r, m) for r in ok) for m in ("decode_tps", "ttft_ms", "wall_ms",
+                                                                  "completion_tokens")}
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.runs if r.error is not None)
+
+
+@dataclass
 class TargetResult:
     spec: str
     kind: str
@@ -171,6 +200,7 @@ class TargetResult:
     calibrated_prompt_tokens: int | None = None
     runs: list[RunResult] = field(default_factory=list)
     concurrency: list[ConcurrencyLevel] = field(default_factory=list)
+    features: list[FeatureVariant] = field(default_factory=list)
     telemetry: TelemetrySummary | None = None
     #: CPU % of the whole machine used by processes other than ours (this one and the servers it
     #: started) during the timed runs: a busy machine explains slow, noisy figures.
