@@ -212,3 +212,17 @@ def test_response_format_schema_checked(llm_url: str) -> None:
     err = _error(httpx.post(llm_url + CHAT, json=body), 400)
     assert err["param"] == "response_format"
     _error(httpx.post(llm_url + CHAT, json={"messages": HELLO, "response_format": {"type": "json_schema"}}), 400)
+
+
+def test_a_refusal_in_the_history_is_text_and_an_image_is_a_400(llm_url: str, still_serving: None) -> None:
+    """Clients send an assistant's refusal back as a content part: it is text to the template, not a 500."""
+    history = [{"role": "user", "content": "Tell me a secret."},
+               {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot share that."}]},
+               {"role": "user", "content": [{"type": "text", "text": "Then say hello."}]}]
+    r = httpx.post(llm_url + CHAT, json={"messages": history, "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 10
+    image = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    err = _error(httpx.post(llm_url + CHAT, json={"messages": image}), 400)
+    assert err["param"] == "messages" and "image_url" in err["message"] and "part 1" in err["message"]

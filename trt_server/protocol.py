@@ -31,25 +31,40 @@ class TextPart(_Lenient):
     text: str
 
 
+class RefusalPart(_Lenient):
+    """An assistant's refusal, as clients send it back in the history: text for the template."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
 class ImagePart(_Lenient):
-    type: Literal["image_url", "input_audio", "file", "refusal"]
+    type: Literal["image_url", "input_audio", "file"]
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+ContentPart = Annotated[TextPart | RefusalPart | ImagePart, Field(discriminator="type")]
 Content = str | list[ContentPart]
 
 
+class UnsupportedContentError(ValueError):
+    """A content part a text-only model cannot take (an image, audio, a file): the client's 400."""
+
+
 def content_text(content: Content | None) -> str:
-    """Flatten OpenAI content (a string or a list of text parts) to the string a template takes."""
+    """Flatten OpenAI content (a string or a list of text and refusal parts) to the string a template takes."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     texts = []
-    for part in content:
-        if not isinstance(part, TextPart):
-            raise ValueError(f"content part of type '{part.type}' is not supported by this text-only model")
-        texts.append(part.text)
+    for i, part in enumerate(content):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+        elif isinstance(part, RefusalPart):
+            texts.append(part.refusal)
+        else:
+            raise UnsupportedContentError(f"content part {i} of type '{part.type}' is not supported by this "
+                                          "text-only model")
     return "".join(texts)
 
 

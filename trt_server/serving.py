@@ -26,7 +26,7 @@ from trt_server.disconnect import ClientDisconnected, until_disconnected
 from trt_server.engines.base import Engine, SamplingParams
 from trt_server.errors import BadRequestError, ContextLengthError, ModelNotFoundAPIError
 from trt_server.generation import LLMMetrics, Run, StreamSpec
-from trt_server.protocol import ChatCompletionRequest, CompletionRequest
+from trt_server.protocol import ChatCompletionRequest, CompletionRequest, UnsupportedContentError
 from trt_server.replies import chat_body, chat_events, completion_body, completion_events
 from trt_server.settings import LLMSettings
 from trt_server.sse import sse_body, sse_response
@@ -156,7 +156,7 @@ async def chat_completion(state: ServerState, req: ChatCompletionRequest, reques
                                   param="tools" if plan.forced else "response_format") from e
     try:
         prompt = state.template.render(req.messages, plan.tools or None, plan.extra_system)
-    except TemplateError as e:
+    except (TemplateError, UnsupportedContentError) as e:
         raise BadRequestError(str(e), param="messages") from e
     ids = await asyncio.to_thread(state.engine.tokenizer.encode, prompt, add_special=True)
     max_tokens = _budget(state, len(ids), req.requested_max_tokens(),
