@@ -54,7 +54,12 @@ class AgentMetrics:
                                        self.registry)
         self.stage = m.latency_histogram("watus_turn_stage_seconds", "Each stage after end of speech.",
                                          self.registry, ("stage",))
+        self.perceived = m.latency_histogram("watus_turn_perceived_seconds", "True end of speech (capture of the "
+                                             "last speech frame) to playback start: what a person waits.",
+                                             self.registry)
         self.turns = m.counter("watus_turns", "Finished turns.", self.registry, ("outcome",))
+        self.preemptive = m.counter("watus_preemptive", "Preemptive replies: hit (confirmed by the final "
+                                    "transcript) or miss (thrown away).", self.registry, ("outcome",))
         self.invalid = m.counter("watus_wire_invalid", "Messages from another process that did not match their "
                                  "contract (skipped, never defaulted).", self.registry, ("source", "type"))
 
@@ -66,6 +71,12 @@ class AgentMetrics:
         self.turns.labels(outcome).inc()
         if rec.e2e_ms is not None:
             self.e2e.observe(rec.e2e_ms / 1000)
+        if rec.perceived_ms is not None:
+            self.perceived.observe(max(0.0, rec.perceived_ms / 1000))
+        if rec.preemptive == "hit":
+            self.preemptive.labels("hit").inc()
+        if rec.preemptive_misses:
+            self.preemptive.labels("miss").inc(rec.preemptive_misses)
         t0 = rec.t_ns.get("speech_end")
         for stage in STAGES[1:]:
             if t0 is not None and stage in rec.t_ns:

@@ -216,6 +216,7 @@ class VoiceLoop:
         """The final transcript says what the speculative one said: play the held reply now."""
         rec = turn.record
         rec.preemptive = "hit"
+        self._misses.pop(rec.turn_id, None)  # counted in this record already
         rec.t_ns["speech_end"], rec.t_ns["asr_done"] = ev.t0_ns, ev.t_ns
         rec.audio_ms = dict(ev.stages_ms)
         if ev.speech_end_captured_ns is not None:

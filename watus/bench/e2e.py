@@ -1,20 +1,22 @@
-"""`watus bench e2e`: spoken questions through every real process, streaming against the sequential baseline.
+"""`watus bench e2e`: spoken questions through every real process: sequential, streaming and preemptive.
 
-The figure users feel is end of speech → first audio (e2e); only a run of the real processes on one
-clock measures it, so this benchmark does what a person would: it speaks questions (piper's voice,
-generated here) into the audio service's virtual microphone, in real time, while the LLM server, the
-vision service (on an image or video) and the agent run as they do on the robot. The agent's turn log
-is the measurement: every stage of every turn on the machine-wide monotonic clock. Once a reply has
-played a few seconds and the LLM is idle, the benchmark stops the speaker, so a question need not wait
-out the 40 s a long reply can take.
+The figure users feel is the true end of speech → first audio (perceived; e2e counts from the VAD's
+decision instead); only a run of the real processes on one clock measures it, so this benchmark does what
+a person would: it speaks questions (piper's voice, generated here, or the user's recordings) into the
+audio service's virtual microphone, in real time, while the LLM server, the vision service (on an image or
+video) and the agent run as they do on the robot. The agent's turn log is the measurement: every stage of
+every turn on the machine-wide monotonic clock. Questions with a mid-sentence pause show whether a turn
+ends while the person is still speaking (a cut-off). Once a reply has played a few seconds and the LLM is
+idle, the benchmark stops the speaker, so a question need not wait out the 40 s a long reply can take.
 
-Results: a JSONL (turns, per-mode summaries, telemetry, goal checks), the `bench:e2e` section of
-`docs/benchmarks.md`, and a waterfall PNG beside it. The pieces:
-- `e2e_workload`: the spoken questions (the microphone folder), which question a transcript was, the
-  image or video vision watches;
-- `e2e_cutter`: `PlaybackCutter`, which follows the audio service's typed events and cuts each reply;
+Results: a JSONL (turns, per-mode summaries, telemetry, goal checks), a JSON summary (`--json`), the
+`bench:e2e` section of `docs/benchmarks.md`, and a waterfall PNG beside it. The pieces:
+- `e2e_questions`: question specs (text, text with `<500ms>` pauses, WAV files) and their audio;
+- `e2e_workload`: the microphone folder, the image or video vision watches;
+- `e2e_cutter` and `e2e_events`: the audio service's typed events: each reply cut, each utterance placed;
+- `e2e_turns`: which question each turn answers, cut-offs, preemptive hits and misses;
 - `e2e_run`: the processes, one pass of one mode, the whole run (`run_e2e_bench`);
-- `e2e_report`: configuration, result, statistics, goal checks and the writers;
+- `e2e_report` (statistics), `e2e_goals` (goal checks), `e2e_writers` (Markdown, JSONL, JSON), `e2e_chart`;
 - this module: the command.
 """
 
@@ -26,12 +28,20 @@ from typing import Annotated
 import typer
 
 from watus.bench.e2e_cutter import PlaybackCutter
-from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, goal_checks, mode_stats
+from watus.bench.e2e_goals import goal_checks
+from watus.bench.e2e_questions import PAUSED_QUESTIONS, QuestionError, parse_question
+from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, all_stats
 from watus.bench.e2e_run import E2EBenchError, run_e2e_bench
 from watus.bench.e2e_workload import WARMUP_QUESTION, closest_question, make_mic_folder
+from watus.bench.e2e_writers import expected_paused
+
+
+def _repeat(items: tuple[str, ...], n: int) -> tuple[str, ...]:
+    return tuple(items[i % len(items)] for i in range(n))
 
 
 def _questions(values: list[str] | None) -> tuple[str, ...]:
+    """The questions of `--questions`: a number (the first N built-in ones), or text / WAV specs."""
     defaults = E2EConfig.questions
     if not values:
         return defaults
@@ -39,11 +49,16 @@ def _questions(values: list[str] | None) -> tuple[str, ...]:
         n = int(values[0])
         if n < 1:
             raise typer.BadParameter("at least one question", param_hint="--questions")
-        return tuple(defaults[i % len(defaults)] for i in range(n))
-    texts = tuple(v.strip() for v in values if v.strip())
-    if not texts:
+        return _repeat(defaults, n)
+    specs = tuple(v.strip() for v in values if v.strip())
+    if not specs:
         raise typer.BadParameter("empty question", param_hint="--questions")
-    return texts
+    for spec in specs:
+        try:
+            parse_question(spec)
+        except QuestionError as e:
+            raise typer.BadParameter(str(e), param_hint="--questions") from None
+    return specs
 
 
 def _default_image() -> Path:
@@ -57,12 +72,19 @@ def _default_image() -> Path:
 
 def e2e(
     questions: Annotated[list[str] | None, typer.Option(
-        "--questions", "-q", help="A number N (the first N built-in questions, repeated as needed) or the "
-        "questions' text, repeatable. Default: the 4 built-in questions.")] = None,
+        "--questions", "-q", help="A number N (the first N built-in questions, repeated as needed), or "
+        "questions, repeatable: text (spoken by piper; `<500ms>` inside it is a pause of that length) or a "
+        "WAV file (a path ending in .wav, used as it is at 16 kHz; a .txt beside it gives its words). "
+        "Default: the 4 built-in questions.")] = None,
+    paused: Annotated[int, typer.Option(min=0, help="Built-in questions with a mid-sentence pause (350-600 ms) "
+                                        f"spoken after --questions (of {len(PAUSED_QUESTIONS)}, repeated as "
+                                        "needed); they show turns cut off. 0: none.")] = len(PAUSED_QUESTIONS),
     runs: Annotated[int, typer.Option(min=1, help="Passes over the questions per mode, each with a fresh agent "
                                       "and audio service; passes alternate the modes' order.")] = 2,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each pass.")] = 1,
-    modes: Annotated[str, typer.Option(help="Pipelines to run, comma separated.")] = "streaming,sequential",
+    modes: Annotated[str, typer.Option(help="Pipelines to run, comma separated: sequential, streaming, "
+                                       "preemptive (streaming + the reply started at the first pause + the "
+                                       "end-of-turn model).")] = ",".join(MODES),
     image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Image the vision service "
                                                "watches (default: the bus.jpg sample in the model cache).")] = None,
     video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Video file the vision "
@@ -85,8 +107,12 @@ def e2e(
         "docs/benchmarks.md"),
     chart: Annotated[Path | None, typer.Option(help="Waterfall PNG (default: e2e_waterfall.png beside the "
                                                "report).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="Also write a machine-readable "
+                                                  "summary here: per mode e2e and perceived p50/p95, turns, "
+                                                  "cut-offs, preemptive hits and misses, goals.")] = None,
 ) -> None:
-    """Spoken questions through every process: e2e and stage latency, streaming vs sequential; goal check."""
+    """Spoken questions through every process: perceived, e2e and stage latency per pipeline, cut-offs,
+    preemptive hit rate; goal checks."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -97,7 +123,8 @@ def e2e(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in MODES for m in mode_list):
         raise typer.BadParameter(f"modes are {', '.join(MODES)}", param_hint="--modes")
-    cfg = E2EConfig(questions=_questions(questions), runs=runs, warmup=warmup, modes=mode_list,
+    cfg = E2EConfig(questions=_questions(questions), paused_questions=_repeat(PAUSED_QUESTIONS, paused),
+                    runs=runs, warmup=warmup, modes=mode_list,
                     vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens,
                     playback_s=playback_s)
     chart_path = chart or report.parent / "e2e_waterfall.png"
@@ -111,22 +138,25 @@ def e2e(
             bar.update(tasks[label], completed=done, total=total)
 
         try:
-            result = run_e2e_bench(cfg, out_dir, report, chart_path, on_progress)
+            result = run_e2e_bench(cfg, out_dir, report, chart_path, on_progress, json_out)
         except E2EBenchError as e:
             console.print(f"[red]e2e benchmark failed:[/red] {e}")
             raise typer.Exit(code=1) from None
-    stats = {m: mode_stats(result.turns, m) for m in cfg.modes}
+    stats = all_stats(result.turns, cfg.modes)
     for m, s in stats.items():
-        p50 = f"{s.e2e.p50:,.0f}" if s.e2e else "–"
-        p95 = f"{s.e2e.p95:,.0f}" if s.e2e else "–"
-        console.print(f"{m}: e2e p50 {p50} ms, p95 {p95} ms ({s.timed} timed turns, {s.interrupted} interrupted "
-                      "other than by the playback cut)")
-    for g in goal_checks(stats):
+        e2e_ms = f"{s.e2e.p50:,.0f} / {s.e2e.p95:,.0f}" if s.e2e else "–"
+        perceived = f"{s.perceived.p50:,.0f} / {s.perceived.p95:,.0f}" if s.perceived else "–"
+        rate = f", preemptive hits {s.hits} / misses {s.misses} ({s.hit_rate:.0%})" if s.hit_rate is not None else ""
+        console.print(f"{m}: perceived p50 / p95 {perceived} ms, e2e {e2e_ms} ms ({s.timed} timed turns, "
+                      f"{s.cut_off_turns} cut off, {s.paused_cut_off} of {s.paused_questions} paused questions "
+                      f"cut off, {s.interrupted} interrupted other than by the playback cut{rate})")
+    for g in goal_checks(stats, expected_paused(result)):
         colour = {"PASS": "green", "FAIL": "red"}.get(g.verdict, "yellow")
         console.print(f"[{colour}]{g.verdict}[/{colour}] {g.name}: {g.figures}  (goal {g.goal})")
     for err in result.errors:
         console.print(f"[red]problem:[/red] {err}")
-    console.print(f"raw data: {result.jsonl_path}\nchart: {result.chart_path}\nreport: {report}")
+    console.print(f"raw data: {result.jsonl_path}\nchart: {result.chart_path}\nreport: {report}"
+                  + (f"\nsummary: {json_out}" if json_out else ""))
     if not any(s.timed for s in stats.values()):
         raise typer.Exit(code=1)
 

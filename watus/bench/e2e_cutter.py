@@ -10,6 +10,7 @@ from collections import Counter
 
 import httpx
 
+from watus.bench.e2e_events import UtteranceLog
 from watus.core.wire import WireError
 from watus.core.wire.audio import AudioEvent, Interrupted, PlaybackFinished, PlaybackStarted, SpeechStarted, parse_event
 
@@ -32,7 +33,8 @@ class PlaybackCutter:
     `barge_in` where the audio service stopped the playback itself) ends that reply without the cutter:
     the agent barges in. Those are counted in `spoken_over`, since the run then measured barge-ins rather
     than the quiet turns it was set up for (the gap was too short for the cut). Events that do not match
-    the contract are logged and counted by type in `invalid`, never guessed at.
+    the contract are logged and counted by type in `invalid`, never guessed at. Every valid event also goes
+    to `utterances` (`UtteranceLog`), so the benchmark holds one event stream per audio service.
     """
 
     def __init__(self, audio_url: str, after_s: float, llm_url: str | None = None) -> None:
@@ -47,6 +49,7 @@ class PlaybackCutter:
         self.cut: set[str] = set()
         self.spoken_over = 0
         self.invalid: Counter[str] = Counter()
+        self.utterances = UtteranceLog()
         self._thread = threading.Thread(target=self._listen, name="e2e-playback-cutter", daemon=True)
 
     def __enter__(self) -> PlaybackCutter:
@@ -89,6 +92,7 @@ class PlaybackCutter:
 
     def on_event(self, event: AudioEvent) -> None:
         """Follow one audio event: start a reply's timer, or note that its playback is over."""
+        self.utterances.on_event(event)
         with self._lock:
             if isinstance(event, PlaybackStarted):
                 if self._after > 0 and event.turn_id not in self._started:

@@ -1,11 +1,13 @@
 """Driving the e2e benchmark: the processes, one pass of one pipeline mode, and the whole run.
 
-Each pass of each mode gets a fresh agent (`WATUS_AGENT_PIPELINE=<mode>`, its own turn log, an empty
+Each pass of each mode gets a fresh agent (its pipeline from `MODE_ENV`, its own turn log, an empty
 conversation) and a fresh audio service playing the same microphone folder; the LLM server and vision run
 once for all, so the modes differ in the pipeline only, and passes alternate the modes' order so a load
-that drifts weighs on both. The agent starts first, because it must be subscribed to the audio events
+that drifts weighs on all alike. The agent starts first, because it must be subscribed to the audio events
 before the first question plays (the first WAV begins with `lead_in_s` of silence for that). The agent's
-turn log is the measurement: every stage of every turn on the machine-wide monotonic clock.
+turn log is the measurement: every stage of every turn on the machine-wide monotonic clock; the audio
+events (followed by the playback cutter) place each turn's utterance in the microphone stream, so a
+question heard as two turns shows as a cut-off (`e2e_turns`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,14 @@ import httpx
 import psutil
 
 from watus.agent.turnlog import TurnLog
+from watus.bench.e2e_chart import waterfall_chart
 from watus.bench.e2e_cutter import PlaybackCutter
-from watus.bench.e2e_report import (
-    MODES,
-    E2EConfig,
-    E2EResult,
-    ModeTelemetry,
-    chart_link,
-    render_markdown,
-    waterfall_chart,
-    write_jsonl,
-)
-from watus.bench.e2e_workload import WARMUP_QUESTION, closest_question, make_mic_folder, vision_folder
+from watus.bench.e2e_events import UtteranceLog
+from watus.bench.e2e_questions import Question, parse_question
+from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, ModeTelemetry
+from watus.bench.e2e_turns import Slot, label_pass, mic_slots, pass_progress, questions_spoken_over
+from watus.bench.e2e_workload import WARMUP_QUESTION, make_mic_folder, vision_folder
+from watus.bench.e2e_writers import chart_link, render_markdown, write_json_summary, write_jsonl
 from watus.bench.procs import free_port as _free_port
 from watus.bench.procs import service
 from watus.core.telemetry import TelemetrySampler
@@ -46,6 +44,15 @@ log = logging.getLogger(__name__)
 NOISY_OTHER_CPU_PERCENT = 10.0
 #: (label, done, total): a phase or a count of turns, for the command's progress bars.
 ProgressFn = Callable[[str, int, int], None]
+#: What each mode sets in the agent's and the audio service's environment (everything else is shared).
+MODE_ENV: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "sequential": ({"WATUS_AGENT_PIPELINE": "sequential", "WATUS_AGENT_PREEMPTIVE": "false"},
+                   {"WATUS_AUDIO_TURN_END": "silence"}),
+    "streaming": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "false"},
+                  {"WATUS_AUDIO_TURN_END": "silence"}),
+    "preemptive": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "true"},
+                   {"WATUS_AUDIO_TURN_END": "model"}),
+}
 
 
 class E2EBenchError(RuntimeError):
@@ -77,13 +84,18 @@ def _wait_connected(agent_url: str, until: float) -> bool:
     return False
 
 
-def _collect(turn_log: Path, expected: int, deadline: float, label: str, progress: ProgressFn) -> list[dict[str, Any]]:
+def _collect(turn_log: Path, utterances: UtteranceLog, slots: list[Slot], deadline: float, label: str,
+             progress: ProgressFn) -> list[dict[str, Any]]:
+    """The pass's turn records, once every question has its turns (`e2e_turns.pass_progress`) or at `deadline`."""
     reader = TurnLog(turn_log)
     records: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         records = reader.read()
-        progress(label, min(len(records), expected), expected)
-        if len(records) >= expected:
+        start = utterances.stream_start_ns
+        stream_s = None if start is None else (time.monotonic_ns() - start) / 1e9
+        done, over = pass_progress(records, utterances.snapshot(), slots, stream_s)
+        progress(label, done, len(slots))
+        if over:
             break
         time.sleep(0.25)
     return records
@@ -98,7 +110,8 @@ class _Session:
     stamp: str
     mic: Path
     timeline_s: float  # seconds the microphone folder plays
-    expected: int  # turns per pass of one mode
+    sequence: list[Question]  # what the microphone says in a pass, warm-up first
+    slots: list[Slot]  # where each question lies in the microphone stream
     llm_url: str
     vision_url: str
     result: E2EResult
@@ -116,13 +129,13 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
     agent_env = {"WATUS_AGENT_HOST": "127.0.0.1", "WATUS_AGENT_PORT": str(agent_port),
                  "WATUS_AGENT_LLM_URL": ses.llm_url, "WATUS_AGENT_VISION_URL": ses.vision_url,
                  "WATUS_AGENT_AUDIO_URL": audio_url, "WATUS_AGENT_TURN_LOG": str(turn_log),
-                 "WATUS_AGENT_PIPELINE": mode, "WATUS_AGENT_TEMPERATURE": "0"}
+                 "WATUS_AGENT_TEMPERATURE": "0", **MODE_ENV[mode][0]}
     if cfg.max_tokens is not None:
         agent_env["WATUS_AGENT_MAX_TOKENS"] = str(cfg.max_tokens)
     audio_env = {"WATUS_AUDIO_HOST": "127.0.0.1", "WATUS_AUDIO_PORT": str(audio_port),
                  "WATUS_AUDIO_MIC_BACKEND": "file", "WATUS_AUDIO_MIC_FILE": str(ses.mic),
                  "WATUS_AUDIO_MIC_GAP_S": str(cfg.gap_s), "WATUS_AUDIO_MIC_LOOP": "false",
-                 "WATUS_AUDIO_SPEAKER_BACKEND": "null"}
+                 "WATUS_AUDIO_SPEAKER_BACKEND": "null", **MODE_ENV[mode][1]}
     label = f"{mode}, run {run}/{cfg.runs}"
     with ExitStack() as stack:
         ses.progress(f"{label}: starting agent + audio", 0, 1)
@@ -139,8 +152,8 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
                                  f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
         sampler = stack.enter_context(TelemetrySampler(0.5))
         own_cpu = _own_cpu_seconds()
-        records = _collect(turn_log, ses.expected, started + ses.timeline_s + cfg.settle_timeout_s,
-                           f"{label}: turns", ses.progress)
+        records = _collect(turn_log, cutter.utterances, ses.slots, started + ses.timeline_s + cfg.settle_timeout_s,
+                           f"{label}: questions", ses.progress)
         own_cpu = _own_cpu_seconds() - own_cpu
         sampler.stop()
     tel = sampler.summary()
@@ -151,20 +164,21 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
         if other > NOISY_OTHER_CPU_PERCENT:
             log.warning("%s: other processes used %.0f%% of the CPU meanwhile; its figures are noisy", label, other)
     result.telemetry.append(ModeTelemetry(mode, run, tel, other))
-    if len(records) < ses.expected:
-        result.errors.append(f"{label}: {len(records)} of {ses.expected} turns recorded (see {turn_log})")
-    if cutter.spoken_over:
-        result.errors.append(f"{label}: {cutter.spoken_over} question(s) began while a reply was still playing "
+    utterances = cutter.utterances.snapshot()
+    turns = label_pass(records, utterances, ses.slots, ses.sequence, cfg.warmup)
+    answered = {t["index"] for t in turns if t["index"] is not None}
+    if len(answered) < len(ses.slots):
+        result.errors.append(f"{label}: {len(answered)} of {len(ses.slots)} questions got a turn "
+                             f"({len(records)} turns recorded, see {turn_log})")
+    spoken_over = questions_spoken_over(utterances, ses.slots) if utterances else cutter.spoken_over
+    if spoken_over:
+        result.errors.append(f"{label}: {spoken_over} question(s) began while a reply was still playing "
                              "(barge-ins, not quiet turns); give a longer --gap, or a shorter --playback-s")
     if cutter.invalid:
         result.errors.append(f"{label}: audio events that do not match the contract, skipped: "
                              + ", ".join(f"{kind} ×{n}" for kind, n in sorted(cutter.invalid.items())))
-    questions = [WARMUP_QUESTION, *cfg.questions]
-    for i, rec in enumerate(records[:ses.expected]):
-        question, wer = closest_question(str(rec.get("transcript", "")), questions)
-        result.turns.append({**rec, "mode": mode, "run": run, "index": i, "warmup": i < cfg.warmup,
-                             "question": question, "question_wer": wer,
-                             "cut_by_bench": rec.get("turn_id") in cutter.cut})
+    for turn in turns:
+        result.turns.append({**turn, "mode": mode, "run": run, "cut_by_bench": turn.get("turn_id") in cutter.cut})
 
 
 # --- the whole run ----------------------------------------------------------------------------------------------
@@ -208,9 +222,10 @@ def _model_name(llm_url: str) -> str | None:
 
 
 def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, chart: Path | None = None,
-                  progress: ProgressFn | None = None) -> E2EResult:
-    """Run `cfg.runs` passes of every mode; write the JSONL (in `out_dir`), the chart and the report section
-    (where given). A mode whose processes do not start is reported in `errors`; the others still run."""
+                  progress: ProgressFn | None = None, json_path: Path | None = None) -> E2EResult:
+    """Run `cfg.runs` passes of every mode; write the JSONL (in `out_dir`), the chart, the report section and
+    the JSON summary (where given). A mode whose processes do not start is reported in `errors`; the others
+    still run."""
     from watus.bench import machine_info, update_markdown_section
 
     say: ProgressFn = progress or (lambda _label, _done, _total: None)
@@ -222,19 +237,20 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
     result = E2EResult(cfg, machine_info(("xllamacpp", "faster-whisper", "piper-tts", "onnxruntime",
                                           "pydantic-ai-slim")), started.isoformat(timespec="seconds"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    sequence = [WARMUP_QUESTION] * cfg.warmup + list(cfg.questions)
+    sequence = [parse_question(WARMUP_QUESTION)] * cfg.warmup + cfg.spoken()
     say("speaking the questions (piper)", 0, 1)
     speech_s = make_mic_folder(out_dir / f"e2e-{stamp}-wavs", sequence, cfg.lead_in_s)
     say("speaking the questions (piper)", 1, 1)
-    timeline_s = cfg.lead_in_s + sum(speech_s) + cfg.gap_s * len(sequence)
+    slots = mic_slots(speech_s, cfg.lead_in_s, cfg.gap_s)
+    timeline_s = slots[-1].end_s if slots else cfg.lead_in_s
     log.info("%d questions per pass, %.0f s of microphone each", len(sequence), timeline_s)
     with _llm(cfg, out_dir, stamp, say) as llm_url, _vision(cfg, out_dir, stamp, say) as vision_url:
         result.llm_model = _model_name(llm_url)
-        ses = _Session(cfg, out_dir, stamp, out_dir / f"e2e-{stamp}-wavs" / "mic", timeline_s, len(sequence),
+        ses = _Session(cfg, out_dir, stamp, out_dir / f"e2e-{stamp}-wavs" / "mic", timeline_s, sequence, slots,
                        llm_url, vision_url, result, say)
         for run in range(1, cfg.runs + 1):
-            # Passes alternate the order of the modes (AB BA ...), so a load that drifts during the run, or
-            # whatever the first mode leaves behind, weighs on both alike.
+            # Passes alternate the order of the modes (ABC CBA ...), so a load that drifts during the run, or
+            # whatever the first mode leaves behind, weighs on all alike.
             for mode in cfg.modes if run % 2 else tuple(reversed(cfg.modes)):
                 try:
                     run_mode(mode, run, ses)
@@ -244,7 +260,10 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
     if chart is not None and result.turns:
         result.chart_path = waterfall_chart(result, chart)
     result.jsonl_path = out_dir / f"e2e-{stamp}.jsonl"
+    result.json_path = json_path
     write_jsonl(result.jsonl_path, result)
+    if json_path is not None:
+        write_json_summary(json_path, result)
     if report is not None:
         link = chart_link(result.chart_path, report) if result.chart_path is not None else None
         update_markdown_section(report, "e2e", render_markdown(result, link))

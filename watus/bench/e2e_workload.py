@@ -1,5 +1,6 @@
-"""What the e2e benchmark shows the processes: the spoken questions (a microphone folder of piper's voice),
-which question a transcript was, and the image or video the vision service watches.
+"""What the e2e benchmark shows the processes: the spoken questions (a microphone folder of piper's voice
+and the user's recordings, `watus.bench.e2e_questions`), which question a transcript most resembles, and
+the image or video the vision service watches.
 """
 
 from __future__ import annotations
@@ -7,31 +8,31 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from watus.bench.e2e_questions import Question, question_audio
+
 #: Spoken first in each mode and not timed: the first real turn then meets warm caches everywhere.
 WARMUP_QUESTION = "Hi Watus, are you there?"
 
 
-def make_mic_folder(folder: Path, sequence: list[str], lead_in_s: float) -> list[float]:
-    """One 16 kHz WAV per spoken question in play order (the first led by `lead_in_s` of silence), each
-    text synthesised once with the default piper voice; returns the seconds of speech of each file."""
+def make_mic_folder(folder: Path, sequence: list[Question], lead_in_s: float) -> list[float]:
+    """One 16 kHz WAV per spoken question in play order (the first led by `lead_in_s` of silence): piper's
+    voice for text (each piece synthesised once), the user's recording for a WAV question (mono, 16 kHz);
+    returns the seconds of audio of each question (without the lead-in)."""
     import numpy as np
     import soundfile as sf
 
     from audio.pcm import ASR_RATE
-    from watus.bench.speech_workload import make_wavs
 
-    unique = list(dict.fromkeys(sequence))
-    voiced = make_wavs(folder / "voice", tuple(unique), "q")
-    audio = {text: sf.read(path, dtype="float32")[0] for path, text, _ in voiced}
+    audio = question_audio(sequence, folder / "voice")
     mic = folder / "mic"
     shutil.rmtree(mic, ignore_errors=True)
     mic.mkdir(parents=True)
-    for i, text in enumerate(sequence):
-        pcm = audio[text]
+    for i, q in enumerate(sequence):
+        pcm = audio[q.spec]
         if i == 0:
             pcm = np.concatenate([np.zeros(int(lead_in_s * ASR_RATE), np.float32), pcm])
         sf.write(mic / f"{i:04d}.wav", pcm, ASR_RATE, subtype="PCM_16")
-    return [len(audio[text]) / ASR_RATE for text in sequence]
+    return [len(audio[q.spec]) / ASR_RATE for q in sequence]
 
 
 def closest_question(transcript: str, questions: list[str]) -> tuple[str, float]:
