@@ -91,3 +91,9 @@ def test_server_with_missing_model_exits_with_one_clear_line(tmp_path: Path) -> 
                        cwd=ROOT, env=env)
     assert r.returncode == 2
     assert "WATUS_LLM_MODEL_PATH" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_setting_on_the_command_line_is_one_line() -> None:
+    r = subprocess.run([*WATUS, "chat", "--max-tokens", "4", "--no-start", "-p", "hi"], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "max_tokens" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from watus.agent.settings import AgentSettings
@@ -71,7 +72,12 @@ def chat(
     """Text chat with the agent in the terminal (streaming; uses the camera scene if vision runs)."""
     overrides = {k: v for k, v in {"llm_url": url, "max_tokens": max_tokens, "temperature": temperature}.items()
                  if v is not None}
-    settings = AgentSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = AgentSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:  # e.g. --max-tokens below the setting's minimum: one line, no traceback
+        first = e.errors()[0]
+        err.print(f"[red]{'.'.join(str(x) for x in first['loc'])}: {first['msg']}[/red]")
+        raise typer.Exit(2) from None
     base = settings.llm_url.rstrip("/")
     with llm_server(base, start, log_dir / "llm.log", console, err):
         if prompt is None:
