@@ -149,18 +149,25 @@ async def _chat_choice_events(stream: Stream, base: dict[str, Any], extra: dict[
     yield chunk({}, _finish(stream.outcome, parser.calls if parser else []), logprobs=take() if pending else None)
 
 
-async def chat_events(run: Run, model_id: str, rid: str, parsers: list[StreamingToolParser | None],
-                      include_usage: bool, top: int | None, prompt_tokens: int) -> AsyncIterator[Event]:
-    """The `chat.completion.chunk` events of a streamed reply (pre-encoded bytes on the hot path)."""
-    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id}
-    extra: dict[str, Any] = {"usage": None} if include_usage else {}
-    sources = [_chat_choice_events(s, base, extra, p, top) for s, p in zip(run.streams, parsers, strict=True)]
+async def _choices_then_usage(run: Run, sources: list[AsyncIterator[Event]], base: dict[str, Any],
+                              include_usage: bool, prompt_tokens: int) -> AsyncIterator[Event]:
+    """Every choice's events (interleaved when there are several), then the usage chunk if asked for."""
     events = sources[0] if len(sources) == 1 else merge(sources)
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for ev in events:
             yield ev
     if include_usage:
         yield {**base, "choices": [], "usage": _usage(run, prompt_tokens), "timings": _timings(run)}
+
+
+async def chat_events(run: Run, model_id: str, rid: str, parsers: list[StreamingToolParser | None],
+                      include_usage: bool, top: int | None, prompt_tokens: int) -> AsyncIterator[Event]:
+    """The `chat.completion.chunk` events of a streamed reply (pre-encoded bytes on the hot path)."""
+    base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id}
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    sources = [_chat_choice_events(s, base, extra, p, top) for s, p in zip(run.streams, parsers, strict=True)]
+    async for ev in _choices_then_usage(run, sources, base, include_usage, prompt_tokens):
+        yield ev
 
 
 # --------------------------------------------------------------------------- completions
@@ -216,9 +223,5 @@ async def completion_events(run: Run, model_id: str, rid: str, echoes: list[str]
     base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_id}
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
     sources = [_completion_choice_events(s, base, extra, e, top) for s, e in zip(run.streams, echoes, strict=True)]
-    events = sources[0] if len(sources) == 1 else merge(sources)
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
-        async for ev in events:
-            yield ev
-    if include_usage:
-        yield {**base, "choices": [], "usage": _usage(run, prompt_tokens), "timings": _timings(run)}
+    async for ev in _choices_then_usage(run, sources, base, include_usage, prompt_tokens):
+        yield ev

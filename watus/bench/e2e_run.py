@@ -35,7 +35,7 @@ from watus.bench.e2e_turns import Slot, label_pass, mic_slots, pass_progress, qu
 from watus.bench.e2e_workload import WARMUP_QUESTION, make_mic_folder, vision_folder
 from watus.bench.e2e_writers import chart_link, render_markdown, write_json_summary, write_jsonl
 from watus.bench.procs import free_port as _free_port
-from watus.bench.procs import service
+from watus.bench.procs import own_cpu_seconds, service
 from watus.core.telemetry import TelemetrySampler
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,6 @@ class E2EBenchError(RuntimeError):
 
 
 # --- one mode ---------------------------------------------------------------------------------------------------
-
-
-def _own_cpu_seconds() -> float:
-    """CPU time of this process and its children (every service of the run), user + system."""
-    me = psutil.Process()
-    total = 0.0
-    for proc in (me, *me.children(recursive=True)):
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def _wait_connected(agent_url: str, until: float) -> bool:
@@ -151,10 +140,10 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
             result.errors.append(f"{label}: the agent was not subscribed to the audio events within "
                                  f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
         sampler = stack.enter_context(TelemetrySampler(0.5))
-        own_cpu = _own_cpu_seconds()
+        own_cpu = own_cpu_seconds()
         records = _collect(turn_log, cutter.utterances, ses.slots, started + ses.timeline_s + cfg.settle_timeout_s,
                            f"{label}: questions", ses.progress)
-        own_cpu = _own_cpu_seconds() - own_cpu
+        own_cpu = own_cpu_seconds() - own_cpu
         sampler.stop()
     tel = sampler.summary()
     other = None

@@ -25,7 +25,6 @@ trt_server targets, `llm_report` the goal check, the Markdown section and the JS
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import logging
@@ -53,6 +52,7 @@ from watus.bench.llm_types import (
     StreamTiming,
     TargetResult,
 )
+from watus.bench.procs import own_cpu_seconds
 from watus.core.telemetry import TelemetrySampler, TelemetrySummary
 
 __all__ = [
@@ -162,17 +162,6 @@ def _timed(driver: Driver, prompt: str, cfg: BenchConfig, label: str, phase: str
                          error=f"{type(e).__name__}: {e}", start_s=start, end_s=time.perf_counter())
 
 
-def _own_cpu_seconds() -> float:
-    """CPU time of this process and its children (a `self:` server), user + system."""
-    me = psutil.Process()
-    total = 0.0
-    for proc in (me, *me.children(recursive=True)):
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def _other_cpu_percent(tel: TelemetrySummary, own_cpu_s: float) -> float | None:
     if tel.cpu_percent is None or tel.duration_s <= 0:
         return None
@@ -248,14 +237,14 @@ def bench_target(spec: TargetSpec, cfg: BenchConfig, log_dir: Path,
             for _ in range(cfg.warmup):
                 driver.generate(build_prompt(words, next(nonces)), cfg.max_tokens)
                 tick()
-            own_cpu = _own_cpu_seconds()
+            own_cpu = own_cpu_seconds()
             with TelemetrySampler(cfg.telemetry_interval_s) as sampler:
                 for i in range(cfg.runs):
                     result.runs.append(_timed(driver, build_prompt(words, next(nonces)), cfg, spec.spec,
                                               "run", i))
                     tick()
             result.telemetry = sampler.summary()
-            result.other_cpu_percent = _other_cpu_percent(result.telemetry, _own_cpu_seconds() - own_cpu)
+            result.other_cpu_percent = _other_cpu_percent(result.telemetry, own_cpu_seconds() - own_cpu)
             if result.other_cpu_percent is not None and result.other_cpu_percent > 10.0:
                 log.warning("%s: other processes used %.0f%% of the CPU during the timed runs; figures are "
                             "noisy", spec.spec, result.other_cpu_percent)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +69,14 @@ def service(module: str, env: dict[str, str], url: str, log_path: Path, timeout_
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10.0)
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and its children (the services a benchmark started), user + system."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total

@@ -21,6 +21,7 @@ import psutil
 
 from watus.bench import machine_info, procs
 from watus.bench.procs import free_port as _free_port
+from watus.bench.procs import own_cpu_seconds
 from watus.bench.stats import summarize
 from watus.bench.vision_poll import RawHttpClient, burst, poll
 from watus.bench.vision_report import (
@@ -52,13 +53,7 @@ class OtherCpu:
 
     @staticmethod
     def _ours() -> float:
-        me = psutil.Process()
-        total = 0.0
-        for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                total += t.user + t.system
-        return total
+        return own_cpu_seconds()
 
     @staticmethod
     def _busy() -> float:
