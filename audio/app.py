@@ -33,7 +33,7 @@ from audio.turn_model import TurnModelError
 from watus.core import metrics as m
 from watus.core.memwatch import SwapWatch
 from watus.core.timing import TURN_HEADER, clean_turn_id
-from watus.core.wire.audio import ReleaseRequest, ReleaseResponse, StatusEvent
+from watus.core.wire.audio import ReleaseRequest, ReleaseResponse, ResumeResponse, StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,13 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
         assert speaker is not None
         return await speaker.stop()
 
+    @app.post("/v1/resume")
+    async def resume(state: State) -> ResumeResponse:
+        """Play on after a pause (the agent heard the speech was not for the robot)."""
+        speaker = state.runtime.speaker
+        assert speaker is not None
+        return ResumeResponse(resumed=speaker.resume("request"))
+
     @app.post("/v1/release")
     async def release(req: ReleaseRequest, state: State) -> ReleaseResponse:
         """Play a turn held by `say` with `hold` (the agent confirmed its preemptive reply)."""
@@ -207,7 +214,9 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
         if request.app.state.audio is None:
             error = request.app.state.load_error
             return JSONResponse({"status": "error" if error else "loading", "error": error}, status_code=503)
-        return JSONResponse(_health_body(request.app))
+        body = _health_body(request.app)
+        request.app.state.audio.runtime.service_ready()  # the virtual room's talkers count from here
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -230,7 +239,6 @@ def _health_body(app: FastAPI) -> dict[str, Any]:
         "asr": {"model": state.asr_model_id, "multilingual": state.multilingual, **state.models.load_ms},
         "tts": {"default_voice": state.models.voices.default.name, "voices": len(state.models.voices.names())},
         "vad": state.settings.vad_engine.value,
-        "half_duplex": state.settings.half_duplex,
         **runtime.health(),
         "events_clients": state.bus.subscribers,
         "memory": _MEMWATCH.check(),

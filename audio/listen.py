@@ -5,6 +5,13 @@ bounded queue that the capture callback fills without ever blocking (overflow is
 Transcription goes to the ASR worker; its result is published from there. t0 of a turn is the moment
 the segmenter declares end of speech, on `time.monotonic_ns()`.
 
+Echo: in `aec` mode each block is echo-cancelled (`audio.aec`) before the VAD sees it, and the VAD keeps
+its normal threshold while the robot talks; in `half` mode the segmenter's gates are raised while the
+speaker is audible. Either way, speech heard while the robot talks (`barge_in_pause_ms` of it) pauses
+playback at once; the utterance then decides: a transcript without words (or no utterance at all)
+resumes it, a transcript with words is the agent's to act on (it stops the reply, or resumes it if
+the speech was not for the robot), and with no decision in `barge_in_resume_ms` it resumes by itself.
+
 At the first pause of an utterance (`asr_speculative_silence_ms`) a live stream starts transcribing
 what it has, so that by the end of the end-of-speech silence the transcript is mostly done; if speech
 resumes the speculative job is cancelled or ignored. The audio handed to ASR is the same either way
@@ -19,23 +26,36 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from audio.aec import EchoCanceller
 from audio.asr.base import TranscribeOptions
 from audio.asr.runner import AsrRunner, Transcript
 from audio.events import EventBus
+from audio.farend import FarEnd
 from audio.metrics import AudioMetrics
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
-from audio.settings import AudioSettings
+from audio.settings import AudioSettings, EchoMode
 from audio.vad import Vad
 from watus.core.timing import new_turn_id
-from watus.core.wire.audio import SpeculativeTranscript, SpeechEnded, SpeechResumed, SpeechStarted, TurnEnd
+from watus.core.wire.audio import (
+    SpeculativeTranscript,
+    SpeechEnded,
+    SpeechResumed,
+    SpeechStarted,
+    TurnEnd,
+    WakeWord,
+)
 from watus.core.wire.audio import Transcript as TranscriptEvent
+from watus.core.words import real_words
 
 log = logging.getLogger(__name__)
+
+#: Half duplex: the far end's level is its loudest 20 ms in this window (the echo path's reach).
+FAR_WINDOW_NS = 300_000_000
 
 
 class SpeakerState(Protocol):
@@ -43,7 +63,22 @@ class SpeakerState(Protocol):
 
     def talking(self, tail_ms: float = 0.0) -> bool: ...
 
+    def audible(self, tail_ms: float = 0.0) -> bool: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self, onset_ns: int) -> bool: ...
+
+    def resume(self, reason: str, text: str | None = None) -> bool: ...
+
     def interrupt_on_speech(self) -> bool: ...
+
+
+class WakeDetector(Protocol):
+    """A wake-word model over the 16 kHz stream (`audio.wake`)."""
+
+    def process(self, samples: F32) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,9 @@ def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: b
 class Listener:
     def __init__(self, settings: AudioSettings, vad: Vad, asr: AsrRunner, bus: EventBus, metrics: AudioMetrics,
                  speaker: SpeakerState | None, options: TranscribeOptions,
-                 end_of_turn: EndOfTurn | None = None) -> None:
+                 end_of_turn: EndOfTurn | None = None, *, echo: EchoCanceller | None = None,
+                 echo_mode: EchoMode = EchoMode.half, wake: WakeDetector | None = None,
+                 far: FarEnd | None = None) -> None:
         self._settings = settings
         self._vad = vad
         self._asr = asr
@@ -91,6 +128,19 @@ class Listener:
         self._speaker = speaker
         self._options = options
         self._end_of_turn = end_of_turn
+        self._echo = echo
+        self._echo_mode = echo_mode
+        self._far = far
+        self._wake = wake
+        # Pausing the robot on speech: a run of speech-like frames while it is audible, and what follows.
+        frame_ms = vad.frame_samples * 1000 / ASR_RATE
+        self._pause_frames = 0 if settings.barge_in_pause_ms <= 0 else max(1, round(settings.barge_in_pause_ms /
+                                                                                     frame_ms))
+        self._speech_run = 0
+        self._run_start = 0
+        self._paused_by_me = False
+        self._resume_at = 0  # monotonic ns: resume a pause that nothing decided by then
+        self._deciding: str | None = None  # the utterance whose transcript decides a pause
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
         self._decision: tuple[str, float | None, float | None] = ("silence", None, None)
         self._queue: queue.Queue[tuple[F32, int, int] | _End] = queue.Queue(settings.mic_queue_blocks)
@@ -175,9 +225,14 @@ class Listener:
         if self._resampler is None or self._resampler.rate_in != rate:
             self._resampler = StreamResampler(rate, ASR_RATE)
         samples = self._resampler(block)
+        if self._echo is not None:
+            samples = self._echo.process(samples, t_ns, near_speech=self._seg.in_speech)
+            t_ns -= int(self._echo.carry * 1e9 / ASR_RATE)  # the carried samples come out with the next block
         self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples
         self._clock_pos = self._seg.position + len(self._buf)
         self._clock_ns = t_ns
+        if self._wake is not None and len(samples):
+            self._listen_for_wake(samples)
         if len(samples):
             self.level_dbfs = round(dbfs(samples), 1)  # the microphone's level, for /health and the dashboard
         self._frames()
@@ -188,15 +243,82 @@ class Listener:
             frame, self._buf = self._buf[:n], self._buf[n:]
             prob = self._vad(frame)
             gate = self._gate()
-            level = dbfs(frame) if gate is Gate.raised else 0.0
-            for ev in self._seg.push(frame, prob, level, gate):
+            level, floor = (dbfs(frame), self._raised_floor()) if gate is Gate.raised else (0.0, None)
+            start = self._seg.position
+            for ev in self._seg.push(frame, prob, level, gate, floor):
                 self._handle(ev)
+            self._watch_playback(prob, level, gate, start, floor)
 
     def _gate(self) -> Gate:
         s = self._settings
-        if self._speaker is None or not s.half_duplex or not self._speaker.talking(s.echo_tail_ms):
+        if self._speaker is None or self._echo_mode is not EchoMode.half or not self._speaker.audible(s.echo_tail_ms):
             return Gate.open
         return Gate.raised if s.barge_in else Gate.closed
+
+    def _raised_floor(self) -> float:
+        """Half duplex: the level speech must reach while the robot talks — the fixed floor, or as loud as
+        what the speaker played in the last moments (plus a margin), whichever is higher: its echo is
+        quieter than that, a person who means to interrupt is not."""
+        s = self._settings
+        if self._far is None:
+            return s.barge_in_min_dbfs
+        recent = self._far.read(self._clock_ns - FAR_WINDOW_NS, FAR_WINDOW_NS * ASR_RATE // 1_000_000_000)
+        if not recent.any():
+            return s.barge_in_min_dbfs
+        n = ASR_RATE // 50  # 20 ms windows
+        k = len(recent) // n
+        peak = float(np.sqrt(np.max(np.mean(recent[:k * n].reshape(k, n) ** 2, axis=1))))
+        return max(s.barge_in_min_dbfs, 20 * np.log10(max(peak, 1e-9)) + s.barge_in_far_margin_db)
+
+    def _listen_for_wake(self, samples: F32) -> None:
+        assert self._wake is not None
+        try:
+            hit = self._wake.process(samples)
+        except Exception:  # a failing wake model must not stop listening
+            log.exception("wake word model failed on a block")
+            return
+        if hit is not None:
+            self._metrics.wake_words.labels(hit.model).inc()
+            log.info("wake word %r (%s, p=%.2f)", hit.phrase, hit.model, hit.probability)
+            self._bus.publish_threadsafe(WakeWord(t_ns=time.monotonic_ns(), model=hit.model, phrase=hit.phrase,
+                                                  probability=round(float(hit.probability), 3),
+                                                  captured_ns=self._clock_ns))
+
+    # --- pausing the robot while someone speaks -------------------------------------------------------------
+
+    def _watch_playback(self, prob: float, level: float, gate: Gate, frame_start: int,
+                        floor: float | None) -> None:
+        """Pause playback on a run of speech while it is audible; resume a pause nobody decided in time."""
+        sp, s = self._speaker, self._settings
+        if sp is None or self._pause_frames == 0 or not s.barge_in:
+            return
+        if gate is Gate.raised:
+            speechy = prob >= s.barge_in_threshold and level >= (s.barge_in_min_dbfs if floor is None else floor)
+        else:
+            speechy = gate is Gate.open and prob >= s.vad_threshold
+        now = time.monotonic_ns()
+        if self._paused_by_me and not sp.paused:
+            self._paused_by_me = False  # stopped (barge-in) or resumed by request
+        if speechy:
+            if self._speech_run == 0:
+                self._run_start = frame_start
+            self._speech_run += 1
+            if self._paused_by_me:
+                self._resume_at = max(self._resume_at, now + s.barge_in_resume_ms * 1_000_000)
+            elif self._speech_run >= self._pause_frames and sp.audible() and sp.pause(self._at(self._run_start)):
+                self._paused_by_me = True
+                self._deciding = None
+                self._resume_at = now + s.barge_in_resume_ms * 1_000_000
+        else:
+            self._speech_run = 0
+        if self._paused_by_me and self._deciding is None and not self._seg.in_speech and now >= self._resume_at:
+            self._resume("timeout")
+
+    def _resume(self, reason: str, text: str | None = None) -> None:
+        if self._paused_by_me and self._speaker is not None:
+            self._paused_by_me = False
+            self._deciding = None
+            self._speaker.resume(reason, text)
 
     def _at(self, pos: int) -> int:
         """Capture time (monotonic ns) of stream position `pos`, from the latest block's timestamp."""
@@ -230,6 +352,7 @@ class Listener:
         elif isinstance(ev, Dropped):
             self._cancel_speculation()
             self._metrics.utterances.labels("too_short").inc()
+            self._resume("not_speech")
             self._bus.publish_threadsafe(SpeechEnded(t_ns=now, audio_s=round(ev.end / ASR_RATE, 3),
                                                      dropped=ev.reason))
         elif isinstance(ev, SpeechEnd):
@@ -300,6 +423,8 @@ class Listener:
             if spec is not None:
                 spec.future.cancel()
             future, speculative = self._asr.submit(ev.audio, self._options, source="mic"), False
+        if self._paused_by_me:
+            self._deciding = turn  # its transcript decides: no words → resume; words → the agent's call
         start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE
         silence_ms = (self._seg.position - ev.end) * 1000 / ASR_RATE
         barge_in, speech_start_ns = self._barge_in, self._speech_start_ns
@@ -313,6 +438,13 @@ class Listener:
                 return
             t = f.result()
             now = time.monotonic_ns()
+            if self._deciding == turn:
+                if real_words(t.text):
+                    # Words: the agent stops the reply (or resumes it); if it says nothing, resume later.
+                    self._deciding = None
+                    self._resume_at = now + self._settings.barge_in_resume_ms * 1_000_000
+                else:
+                    self._resume("no_words", t.text)
             eos_ms = (now - t0) / 1e6
             self._metrics.eos_to_transcript.observe(eos_ms / 1000)
             stages = {"speech": round(speech_ms, 1), "end_silence": round(silence_ms, 1),

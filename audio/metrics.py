@@ -42,8 +42,24 @@ class AudioMetrics:
                                      "outcome (used, discarded).", r, ("outcome",))
         self.interruptions = m.counter("watus_audio_interruptions_total", "Playback interrupted, by reason.",
                                        r, ("reason",))
+        self.pauses = m.counter("watus_audio_playback_pauses_total", "Playback paused by speech heard while the "
+                                "robot talked.", r, ("reason",))
+        self.resumes = m.counter("watus_audio_playback_resumes_total", "Paused playback resumed (false "
+                                 "interruptions), by reason.", r, ("reason",))
+        self.aec_erle = m.gauge("watus_audio_aec_erle_db", "Echo return loss enhancement of the echo canceller "
+                                "over the last seconds of playback (dB).", r)
+        self.aec_cpu = m.counter("watus_audio_aec_cpu_seconds_total", "CPU time spent in the echo canceller.", r)
+        self.aec_audio = m.counter("watus_audio_aec_audio_seconds_total", "Microphone audio through the echo "
+                                   "canceller.", r)
+        self.wake_words = m.counter("watus_audio_wake_words_total", "Wake word detections.", r, ("model",))
         self.mic_restarts = m.counter("watus_audio_mic_restarts_total", "Microphone (re)open attempts that "
                                       "failed.", r)
         self.rejected = m.counter("watus_audio_requests_rejected_total", "Requests rejected, by error code.",
                                   r, ("code",))
         self.events_dropped = m.counter("watus_audio_events_dropped_total", "Events a slow SSE client lost.", r)
+
+    def aec_observe(self, erle_db: float | None, cpu_s: float, audio_s: float) -> None:
+        if erle_db is not None:
+            self.aec_erle.set(erle_db)
+        self.aec_cpu.inc(cpu_s)
+        self.aec_audio.inc(audio_s)

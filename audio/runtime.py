@@ -13,17 +13,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from audio.aec import EchoCanceller, EchoStats, make_echo
 from audio.asr import select_asr
 from audio.asr.base import TranscribeOptions
 from audio.asr.runner import AsrRunner
 from audio.devices import SourceFactory, select_sink, select_source
 from audio.devices.base import AudioSink
+from audio.devices.room import RoomMic
 from audio.devices.supervisor import MicSupervisor
 from audio.events import EventBus
+from audio.farend import FarEnd, TappedSink
 from audio.listen import Listener
 from audio.metrics import AudioMetrics
 from audio.pcm import F32
-from audio.settings import AudioSettings, TurnEndKind
+from audio.settings import AudioSettings, EchoMode, MicBackend, TurnEndKind
 from audio.speak import SpeakQueue
 from audio.tts import Voices, select_tts
 from audio.tts.runner import TtsRunner
@@ -129,6 +132,35 @@ class AudioRuntime:
         self.listener: Listener | None = None
         self.mic: MicSupervisor | None = None
         self._mic_task: asyncio.Task[None] | None = None
+        #: What the speaker played: the echo canceller's reference and the virtual room's echo source.
+        self.far = FarEnd()
+        self.echo: EchoCanceller | None = None
+        self.echo_stats: EchoStats | None = None
+        self._ready_ns: int | None = None
+        self.room: RoomMic | None = None
+        self.wake_error: str | None = None
+
+    def _room_factory(self) -> SourceFactory:
+        s = self.settings
+
+        def make() -> RoomMic:
+            room = RoomMic(self.far, s.room_speech, s.room_speech_at_s, echo_delay_ms=s.room_echo_delay_ms,
+                           echo_gain_db=s.room_echo_gain_db, echo_decay_ms=s.room_echo_decay_ms,
+                           echo_rir=s.room_echo_rir, noise_db=s.room_noise_db, speech_gain_db=s.room_speech_gain_db,
+                           block_ms=s.mic_block_ms)
+            if self._ready_ns is not None:
+                room.start_clock(self._ready_ns)  # a reopened room keeps its timeline
+            self.room = room
+            return room
+
+        return make
+
+    def service_ready(self) -> None:
+        """`/health` answered 200 for the first time: the room's talkers count from now."""
+        if self._ready_ns is None:
+            self._ready_ns = time.monotonic_ns()
+        if self.room is not None:
+            self.room.start_clock(self._ready_ns)
 
     async def start(self) -> None:
         s = self.settings
@@ -136,21 +168,38 @@ class AudioRuntime:
         sink = self._sink
         if sink is None:
             sink = await asyncio.to_thread(select_sink, s, self.models.voices.default.engine.sample_rate)
-        self.speaker = SpeakQueue(self.models.tts, sink, self.bus, self.metrics, block_ms=s.speaker_block_ms,
-                                  max_pieces=s.speak_queue_size, first_clause=s.tts_first_clause)
+        self.speaker = SpeakQueue(self.models.tts, TappedSink(sink, self.far), self.bus, self.metrics,
+                                  block_ms=s.speaker_block_ms, max_pieces=s.speak_queue_size,
+                                  first_clause=s.tts_first_clause)
         await self.speaker.start()
         factory = self._source_factory
         if factory is None and self._use_settings_mic:
-            factory = await asyncio.to_thread(
-                select_source, s, lambda: self.metrics.dropped_frames.labels("device").inc())
+            if s.mic_backend is MicBackend.room:
+                factory = self._room_factory()
+            else:
+                factory = await asyncio.to_thread(
+                    select_source, s, lambda: self.metrics.dropped_frames.labels("device").inc())
         if factory is None:
             log.info("no microphone: listening is off (WATUS_AUDIO_MIC_BACKEND)")
             return
         vad = await asyncio.to_thread(select_vad, s)
         end_of_turn = (ModelEndOfTurn(self.models.turn, s.turn_complete_at, s.turn_incomplete_below)
                        if self.models.turn is not None else None)
+        self.echo, self.echo_stats = make_echo(s.echo_mode, self.far, delay_ms=s.aec_delay_ms,
+                                               noise_suppression=s.aec_noise_suppression, high_pass=s.aec_high_pass,
+                                               metrics=self.metrics)
+        wake = None
+        if s.wake_word:
+            from audio.wake import WakeWordDetector, WakeWordError
+
+            try:
+                wake = await asyncio.to_thread(WakeWordDetector, s.wake_word, s.wake_word_cutoff)
+            except WakeWordError as e:
+                self.wake_error = str(e)
+                log.error("wake word off: %s", e)
         self.listener = Listener(s, vad, self.models.asr, self.bus, self.metrics, self.speaker, asr_options(s),
-                                 end_of_turn)
+                                 end_of_turn, echo=self.echo, echo_mode=EchoMode(self.echo_stats.mode),
+                                 wake=wake, far=self.far)
         self.listener.start()
         listener = self.listener
         self.mic = MicSupervisor(factory, listener.feed, listener.end_of_input, s.mic_retry_initial_s,
@@ -184,8 +233,17 @@ class AudioRuntime:
         speaker: dict[str, object] = {}
         if self.speaker is not None:
             speaker = {"device": self.speaker.sink_name, "talking": self.speaker.talking(),
-                       "turn_id": self.speaker.active_turn, "queue_depth": self.speaker.queue_depth}
-        return {"mic": mic, "speaker": speaker}
+                       "paused": self.speaker.paused, "turn_id": self.speaker.active_turn,
+                       "queue_depth": self.speaker.queue_depth}
+        out: dict[str, object] = {"mic": mic, "speaker": speaker}
+        if self.echo_stats is not None:
+            out["echo"] = self.echo_stats.as_dict()
+        if self.settings.wake_word:
+            out["wake_word"] = {"model": self.settings.wake_word, "loaded": self.listener is not None and
+                                self.wake_error is None, "error": self.wake_error}
+        if self.room is not None:
+            out["room"] = self.room.schedule()
+        return out
 
     @property
     def degraded(self) -> bool:

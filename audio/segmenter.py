@@ -9,6 +9,10 @@ utterances are cut at `max_utterance_ms`; those with less than `min_utterance_ms
 An end-of-turn model may decide earlier (`end_now`) or ask to wait longer (`wait_longer`) for this
 utterance; the next one starts again from `end_silence_ms`.
 
+A short burst of speech that did not reach `min_speech_ms` (a first word like "Stop," before a comma)
+is remembered: if speech starts within `merge_gap_ms` after it, the utterance's pre-roll reaches back to
+it, so the first word is transcribed too (up to `max_pre_speech_ms`).
+
 While the robot talks the gate can be raised (a higher probability and a minimum level are needed to
 start) or closed (nothing starts): that is the half-duplex echo guard.
 """
@@ -38,6 +42,10 @@ class SegmenterConfig:
     min_speech_ms: int = 200
     end_silence_ms: int = 500
     pre_speech_ms: int = 300
+    #: A short speech burst this close before a start belongs to the utterance (its first word).
+    merge_gap_ms: int = 700
+    #: Longest pre-roll when reaching back to such a burst.
+    max_pre_speech_ms: int = 1500
     min_utterance_ms: int = 300
     max_utterance_ms: int = 30_000
     #: Silence that emits `Pause` (speculative transcription); None: never.
@@ -94,7 +102,8 @@ SegEvent = SpeechStart | Pause | Resume | SpeechEnd | Dropped
 class Segmenter:
     def __init__(self, cfg: SegmenterConfig) -> None:
         self.cfg = cfg
-        self._pre: deque[F32] = deque(maxlen=max(1, cfg.frames(cfg.pre_speech_ms)))
+        self._pre: deque[F32] = deque(maxlen=max(1, cfg.frames(max(cfg.pre_speech_ms, cfg.max_pre_speech_ms))))
+        self._burst: tuple[int, int] | None = None  # (start, end) of the last speech run too short to start
         self._pos = 0  # samples seen
         self._run: list[F32] = []  # consecutive speech frames while idle
         self._frames: list[F32] = []  # the utterance while in speech
@@ -105,6 +114,7 @@ class Segmenter:
         self._silence = 0
         self._paused = False
         self._tail = cfg.frames(cfg.tail_ms)
+        self._gap = cfg.merge_gap_ms * cfg.sample_rate // 1000
         self._end_frames = cfg.frames(cfg.end_silence_ms)
 
     @property
@@ -115,12 +125,14 @@ class Segmenter:
     def position(self) -> int:
         return self._pos
 
-    def push(self, frame: F32, prob: float, level_dbfs: float = 0.0, gate: Gate = Gate.open) -> list[SegEvent]:
+    def push(self, frame: F32, prob: float, level_dbfs: float = 0.0, gate: Gate = Gate.open,
+             raised_min_dbfs: float | None = None) -> list[SegEvent]:
+        """One frame; `raised_min_dbfs` overrides the raised gate's level (e.g. relative to the far end)."""
         cfg = self.cfg
         n = len(frame)
         self._pos += n
         if not self._in_speech:
-            return self._idle(frame, prob, level_dbfs, gate)
+            return self._idle(frame, prob, level_dbfs, gate, raised_min_dbfs)
         self._frames.append(frame)
         events: list[SegEvent] = []
         if prob >= cfg.neg_threshold:
@@ -162,16 +174,22 @@ class Segmenter:
         """Forget everything (the stream restarted)."""
         self.__init__(self.cfg)  # type: ignore[misc]
 
-    def _idle(self, frame: F32, prob: float, level_dbfs: float, gate: Gate) -> list[SegEvent]:
+    def _idle(self, frame: F32, prob: float, level_dbfs: float, gate: Gate,
+              raised_min_dbfs: float | None = None) -> list[SegEvent]:
         cfg = self.cfg
         if gate is Gate.closed:
             speech, needed = False, 0
         elif gate is Gate.raised:
-            speech = prob >= cfg.raised_threshold and level_dbfs >= cfg.raised_min_dbfs
+            floor = cfg.raised_min_dbfs if raised_min_dbfs is None else raised_min_dbfs
+            speech = prob >= cfg.raised_threshold and level_dbfs >= floor
             needed = cfg.frames(cfg.raised_min_speech_ms)
         else:
             speech, needed = prob >= cfg.threshold, cfg.frames(cfg.min_speech_ms)
         if not speech:
+            if self._run:
+                run_start = self._pos - len(frame) - sum(len(f) for f in self._run)
+                keep = self._burst is not None and run_start - self._burst[1] <= self._gap
+                self._burst = (self._burst[0] if keep and self._burst else run_start, self._pos - len(frame))
             for f in self._run:
                 self._pre.append(f)
             self._run = []
@@ -181,7 +199,13 @@ class Segmenter:
         if len(self._run) < max(1, needed):
             return []
         start = self._pos - sum(len(f) for f in self._run)
-        self._frames = [*self._pre, *self._run]
+        pre = cfg.frames(cfg.pre_speech_ms)
+        if self._burst is not None and start - self._burst[1] <= self._gap:
+            # Reach back to the short burst just before: the utterance's first word.
+            pre = max(pre, -(-(start - self._burst[0]) // cfg.frame_samples) + cfg.frames(100))
+        self._burst = None
+        frames = list(self._pre)[-pre:] if pre else []
+        self._frames = [*frames, *self._run]
         self._pre.clear()
         self._run = []
         self._in_speech = True

@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from watus.core.config import DEFAULT_PORTS, WatusSettings
 
@@ -53,6 +54,7 @@ class MicBackend(str, enum.Enum):
     auto = "auto"  # sounddevice when PortAudio lists an input device at start, else none
     sounddevice = "sounddevice"
     file = "file"
+    room = "room"  # a virtual acoustic room: people's WAVs + the robot's own echo + noise (`room_*`)
     none = "none"
 
 
@@ -63,6 +65,14 @@ class SpeakerBackend(str, enum.Enum):
     sounddevice = "sounddevice"
     wav = "wav"
     null = "null"  # paced in real time and discarded: the speaking queue behaves as with a speaker
+
+
+class EchoMode(str, enum.Enum):
+    """How the microphone is kept from hearing the robot's own voice (`audio.aec`)."""
+
+    aec = "aec"  # WebRTC AEC3 with the speaker's output as reference (default where it loads)
+    half = "half"  # raise the VAD's gates while the robot talks (half duplex)
+    off = "off"  # nothing (headset, or a speaker the microphone cannot hear)
 
 
 class TurnEndKind(str, enum.Enum):
@@ -161,25 +171,67 @@ class AudioSettings(WatusSettings):
     vad_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed before `speech_started`.")
     vad_end_silence_ms: int = Field(500, ge=100, le=10_000, description="Silence that ends an utterance "
                                     "(end of speech, the turn's t0).")
-    vad_pre_speech_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected start.")
+    vad_pre_speech_ms: int = Field(500, ge=0, le=2000, description="Audio kept before the detected start (the "
+                                   "pre-roll), so the first word of an utterance, barge-in included, is "
+                                   "transcribed from its true start.")
     vad_min_utterance_ms: int = Field(300, ge=0, le=10_000, description="Shorter utterances are dropped "
                                       "without transcription.")
     vad_max_utterance_s: float = Field(30.0, ge=1, le=600, description="An utterance is cut (and "
                                        "transcribed) after this long.")
 
     # --- echo and barge-in ------------------------------------------------------------------------------
-    half_duplex: bool = Field(True, description="While the robot talks, ignore the microphone unless "
-                              "speech passes the barge-in gates (so it does not transcribe itself).")
+    echo_mode: EchoMode = Field(EchoMode.aec, description="Keeping the robot from hearing itself: `aec` (WebRTC "
+                                "AEC3 with the speaker's output as reference; the VAD listens at its normal "
+                                "threshold while the robot talks; falls back to `half` where pywebrtc-audio "
+                                "does not load), `half` (raise the VAD's gates while the robot talks) or `off` "
+                                "(a headset).")
+    aec_delay_ms: int = Field(0, ge=0, le=1000, description="Extra echo delay hint for AEC3 (ms). Both devices' "
+                              "timestamps already include their reported latencies; set this where a device "
+                              "under-reports (see `watus doctor`).")
+    aec_noise_suppression: bool = Field(False, description="WebRTC noise suppression after the echo canceller.")
+    aec_high_pass: bool = Field(True, description="WebRTC high-pass filter (removes rumble and DC).")
     barge_in: bool = Field(True, description="Listen for speech while the robot talks (a `speech_started` "
                            "event with `during_playback`); for a `say` request that does not choose, such speech "
                            "also stops playback (`interrupted`). The agent chooses, and stops playback itself.")
+    barge_in_pause_ms: int = Field(64, ge=0, le=2000, description="Speech heard this long while the robot talks "
+                                   "pauses its playback (`playback_paused`) until it is known to be words "
+                                   "(the agent then stops it) or not (it resumes); 0: never pause.")
+    barge_in_resume_ms: int = Field(2000, ge=100, le=30_000, description="A pause that no transcript with words "
+                                    "follows resumes this long after the last speech (`playback_resumed`, a "
+                                    "false interruption); one whose transcript has no words resumes at once.")
     barge_in_threshold: float = Field(0.8, gt=0, lt=1, description="Half duplex: speech probability "
                                       "needed while the robot talks.")
     barge_in_min_dbfs: float = Field(-30.0, ge=-100, le=0, description="Half duplex: frame level (RMS dBFS) "
                                      "needed while the robot talks; its echo is quieter than a near talker.")
+    barge_in_far_margin_db: float = Field(0.0, ge=-40, le=40, description="Half duplex: speech must also be "
+                                          "this loud relative to what the speaker played in the last 300 ms "
+                                          "(its echo is quieter).")
     barge_in_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed to barge in.")
-    echo_tail_ms: int = Field(250, ge=0, le=5000, description="The gates stay raised this long after "
+    echo_tail_ms: int = Field(250, ge=0, le=5000, description="Half duplex: the gates stay raised this long after "
                               "playback ends (room reverberation).")
+    wake_word: str | None = Field(None, description="Wake word run on the microphone stream (`wake_word` "
+                                  "events): `okay_nabu`, `hey_jarvis`, `alexa`, `hey_mycroft` (pymicro-wakeword's "
+                                  "models) or a microWakeWord `.json`; empty: none.")
+    wake_word_cutoff: float | None = Field(None, gt=0, lt=1, description="Detection threshold; empty: the "
+                                           "model's own.")
+
+    # --- the virtual room (mic_backend=room) ----------------------------------------------------------------
+    room_speech: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="The room: people's WAV files, comma separated, each heard once at its "
+        "offset in `room_speech_at_s`.")
+    room_speech_at_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=list, description="The room: when each WAV starts, seconds after `/health` first answered "
+        "200, comma separated (empty: 1 s, 6 s, 11 s, ...).")
+    room_speech_gain_db: float = Field(0.0, ge=-60, le=20, description="The room: gain of the people's WAVs.")
+    room_echo_delay_ms: float = Field(40.0, ge=10, le=1000, description="The room: delay of the robot's echo.")
+    room_echo_gain_db: float = Field(-6.0, ge=-80, le=20, description="The room: level of the echo relative to "
+                                     "what was played.")
+    room_echo_decay_ms: float = Field(120.0, ge=1, le=3000, description="The room: reverberation time (RT60) of "
+                                      "the echo's tail.")
+    room_echo_rir: Path | None = Field(None, description="The room: an impulse-response WAV as the echo path "
+                                       "(instead of delay/gain/decay).")
+    room_noise_db: float | None = Field(None, ge=-120, le=0, description="The room: white noise level (RMS "
+                                        "dBFS); empty: none.")
 
     # --- microphone --------------------------------------------------------------------------------------
     mic_backend: MicBackend = Field(MicBackend.auto, description="`auto`, `sounddevice`, `file` or `none`.")
@@ -219,12 +271,20 @@ class AudioSettings(WatusSettings):
     events_queue_size: int = Field(512, ge=8, le=100_000, description="Events buffered per SSE client; a "
                                    "client that falls further behind loses the oldest (counted).")
 
-    @field_validator("asr_language", "asr_hotwords", "mic_device", "speaker_device", mode="before")
+    @field_validator("room_speech", "room_speech_at_s", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("asr_language", "asr_hotwords", "mic_device", "speaker_device", "wake_word", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("tts_voice_path", "mic_file", "speaker_wav_path", mode="before")
+    @field_validator("tts_voice_path", "mic_file", "speaker_wav_path", "room_echo_rir", "room_noise_db",
+                     "wake_word_cutoff", mode="before")
     @classmethod
     def _empty_path_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -233,6 +293,9 @@ class AudioSettings(WatusSettings):
     def _consistent(self) -> AudioSettings:
         if self.mic_backend is MicBackend.file and self.mic_file is None:
             raise ValueError("mic_backend=file needs mic_file (a WAV file or a folder of them)")
+        if self.room_speech_at_s and len(self.room_speech_at_s) != len(self.room_speech):
+            raise ValueError(f"room_speech_at_s has {len(self.room_speech_at_s)} offset(s) for "
+                             f"{len(self.room_speech)} room_speech file(s): give one per file, or none")
         if self.speaker_backend is SpeakerBackend.wav and self.speaker_wav_path is None:
             raise ValueError("speaker_backend=wav needs speaker_wav_path")
         if self.mic_retry_max_s < self.mic_retry_initial_s:

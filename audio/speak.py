@@ -12,6 +12,10 @@ speaker went idle after that turn's audio played), `interrupted` (played ms, and
 A `say` with `hold` is synthesised at once but parked: nothing of its turn plays until `release(turn)`
 (a preemptive reply, started before the person had surely finished), and a held turn does not count as
 talking (the person may still be speaking: the half-duplex gate must stay open).
+`pause` (the listener heard speech while the robot talked) silences the device at once and parks the
+playback thread; `resume` plays on from the block that was cut (`playback_paused` / `playback_resumed`);
+`stop` or a new interrupting say ends a pause for good. A paused turn still counts as talking, but not
+as audible (the half-duplex gate opens while the device is silent).
 The speaker obeys; it does not decide what a turn is. It stops by itself on speech only when the `say`
 request playing asked it to (`barge_in`); the agent asks it not to, and sends `stop` when it decides.
 """
@@ -38,7 +42,14 @@ from audio.tts import VoiceRef
 from audio.tts.runner import Chunk, TtsRunner
 from watus.core.sentences import speakable_pieces
 from watus.core.timing import new_turn_id
-from watus.core.wire.audio import Interrupted, PlaybackFinished, PlaybackStarted, TtsAudio
+from watus.core.wire.audio import (
+    Interrupted,
+    PlaybackFinished,
+    PlaybackPaused,
+    PlaybackResumed,
+    PlaybackStarted,
+    TtsAudio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +105,11 @@ class SpeakQueue:
         self._held: dict[str, int] = {}  # held turn -> its jobs not yet played
         self._parked: dict[str, list[_Audio]] = {}  # held turn -> its audio, in order
         self._last_audio_end = 0.0
+        self._paused = False
+        self._pauses = 0  # pauses so far: the playback thread replays the block a pause cut
+        self._pause_ns = 0
+        self._unpaused = threading.Event()
+        self._unpaused.set()
         self._thread: threading.Thread | None = None
         self._synth_task: asyncio.Task[None] | None = None
         self._closing = threading.Event()
@@ -136,6 +152,50 @@ class SpeakQueue:
         if self._active_turn is not None or self._outstanding > sum(self._held.values()):
             return True
         return tail_ms > 0 and (time.monotonic() - self._last_audio_end) * 1000 < tail_ms
+
+    def audible(self, tail_ms: float = 0.0) -> bool:
+        """Whether sound is coming out (talking and not paused), or stopped less than `tail_ms` ago."""
+        if not self._paused and (self._active_turn is not None or self._outstanding > sum(self._held.values())):
+            return True
+        return tail_ms > 0 and (time.monotonic() - self._last_audio_end) * 1000 < tail_ms
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, onset_ns: int) -> bool:
+        """Silence playback now, keeping its place (speech began at `onset_ns`); False if nothing is playing."""
+        with self._lock:
+            if self._active_turn is None or self._paused:
+                return False
+            self._paused = True
+            self._pauses += 1
+            self._unpaused.clear()
+            turn = self._active_turn
+        self._sink.abort()
+        now = time.monotonic_ns()
+        self._pause_ns = now
+        self._last_audio_end = time.monotonic()
+        self._metrics.pauses.labels("speech").inc()
+        self._bus.publish_threadsafe(PlaybackPaused(t_ns=now, turn_id=turn, onset_captured_ns=onset_ns,
+                                                    stop_ms=round((now - onset_ns) / 1e6, 1)))
+        log.info("playback of turn %s paused: speech heard", turn)
+        return True
+
+    def resume(self, reason: str, text: str | None = None) -> bool:
+        """Play on from where the pause cut (a false interruption); False if not paused."""
+        with self._lock:
+            if not self._paused:
+                return False
+            self._paused = False
+            turn = self._active_turn
+        now = time.monotonic_ns()
+        self._unpaused.set()
+        self._metrics.resumes.labels(reason).inc()
+        self._bus.publish_threadsafe(PlaybackResumed(t_ns=now, turn_id=turn, reason=reason, text=text,
+                                                     paused_ms=round((now - self._pause_ns) / 1e6, 1)))
+        log.info("playback of turn %s resumed (%s)", turn, reason)
+        return True
 
     def _set_pieces(self, delta: int) -> None:
         with self._lock:
@@ -204,6 +264,8 @@ class SpeakQueue:
                 return False
             self._gen += 1
             self._outstanding = 0
+            self._paused = False
+            self._unpaused.set()
             self._held.clear()
             self._parked.clear()
             self._final_turns.clear()
@@ -288,11 +350,20 @@ class SpeakQueue:
         if self._active_turn is not None and self._active_turn != item.turn_id and len(item.pcm):
             self._finish_turn()
         pcm = item.pcm
-        for i in range(0, len(pcm), self._block):
+        i, pauses = 0, self._pauses
+        while i < len(pcm):
             if item.gen != self._gen:
                 self._check_interrupt()
                 return
+            if self._pauses != pauses:  # a pause cut the block that was playing: play it again
+                i, pauses = max(0, i - self._block), self._pauses
+            if self._paused:
+                self._wait_unpaused()
+                continue
             start_ns = self._sink.write(pcm[i:i + self._block], item.turn_id)
+            if self._pauses != pauses:  # the pause came while the device took this block: not heard
+                pauses = self._pauses
+                continue
             if self._active_turn is None:
                 self._active_turn, self._played_samples = item.turn_id, 0
                 self._bus.publish_threadsafe(PlaybackStarted(
@@ -300,6 +371,7 @@ class SpeakQueue:
             if i == 0 and item.first_of_job:
                 self._metrics.playback_first_audio.observe((start_ns - item.received_ns) / 1e9)
             self._played_samples += min(self._block, len(pcm) - i)
+            i += self._block
         if item.end_of_job:
             with self._lock:
                 if item.gen == self._gen:
@@ -315,6 +387,11 @@ class SpeakQueue:
         elif len(pcm):
             self._set_pieces(-1)
         self._maybe_finished()
+
+    def _wait_unpaused(self) -> None:
+        while not self._unpaused.wait(0.05):
+            if self._closing.is_set() or self._interrupt_req is not None:
+                return
 
     def _check_interrupt(self) -> bool:
         """If an interruption is pending: silence the device, report it, and say so."""
@@ -338,10 +415,13 @@ class SpeakQueue:
             return
         # Let what the device buffered play out; an interruption meanwhile wins.
         deadline = time.monotonic() + self._sink.pending_s()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or self._paused:
             if self._interrupt_req is not None:
                 self._check_interrupt()
                 return
+            if self._paused:  # the last block was cut: the turn ends when the pause does
+                self._wait_unpaused()
+                continue
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
         if self._play.empty() and self._outstanding == 0:
             self._finish_turn()

@@ -180,14 +180,52 @@ class Interrupted(_Event):
     requested_ns: int | None = None
 
 
+class PlaybackPaused(_Event):
+    """Speech was heard while the robot talked: playback is paused until it proves to be words or not.
+
+    Words (the utterance's `transcript`): the agent decides, normally stopping the reply (barge-in).
+    No words (a cough, a "mhm", nothing transcribed): `playback_resumed` follows, from where it paused.
+    """
+
+    type: Literal["playback_paused"] = "playback_paused"
+    turn_id: str | None = Field(None, description="The turn whose playback paused.")
+    onset_captured_ns: int = Field(description="Capture time of the first frame of the speech that paused it.")
+    stop_ms: float = Field(description="From that speech's first frame to the device being silent.")
+
+
+class PlaybackResumed(_Event):
+    """A pause ended without a barge-in: the reply plays on from where it paused (a false interruption)."""
+
+    type: Literal["playback_resumed"] = "playback_resumed"
+    turn_id: str | None = None
+    reason: str = Field(description="no_words (the speech was transcribed as nothing or a filler), "
+                        "not_speech (too short to be an utterance), timeout (no transcript with words in "
+                        "time) or request (`POST /v1/resume`).")
+    paused_ms: float = Field(description="How long playback was paused.")
+    text: str | None = Field(None, description="What the speech was transcribed as, if it was.")
+
+
+class WakeWord(_Event):
+    """The wake word was heard on the microphone (`WATUS_AUDIO_WAKE_WORD`)."""
+
+    type: Literal["wake_word"] = "wake_word"
+    turn_id: None = None
+    model: str
+    phrase: str
+    probability: float
+    captured_ns: int = Field(description="Capture time of the audio in which it fired.")
+
+
 AudioEvent = Annotated[
     StatusEvent | MicEvent | SpeechStarted | SpeechEnded | Transcript | SpeculativeTranscript | SpeechResumed
-    | TurnEnd | TtsAudio | PlaybackStarted | PlaybackFinished | Interrupted,
+    | TurnEnd | TtsAudio | PlaybackStarted | PlaybackFinished | Interrupted | PlaybackPaused | PlaybackResumed
+    | WakeWord,
     Field(discriminator="type"),
 ]
 EVENT_TYPES: tuple[str, ...] = ("status", "mic", "speech_started", "speech_ended", "transcript",
                                 "speculative_transcript", "speech_resumed", "turn_end", "tts_audio",
-                                "playback_started", "playback_finished", "interrupted")
+                                "playback_started", "playback_finished", "interrupted", "playback_paused",
+                                "playback_resumed", "wake_word")
 _ADAPTER: TypeAdapter[AudioEvent] = TypeAdapter(AudioEvent)
 
 
@@ -262,6 +300,10 @@ class ReleaseRequest(_Lenient):
         checked = check_turn_id(v)
         assert checked is not None
         return checked
+
+
+class ResumeResponse(BaseModel):
+    resumed: bool = Field(description="Whether playback was paused (and now plays on).")
 
 
 class ReleaseResponse(BaseModel):
