@@ -32,12 +32,16 @@ from watus.core.wire.audio import (
     AudioEvent,
     Interrupted,
     PlaybackFinished,
+    PlaybackPaused,
+    PlaybackResumed,
     PlaybackStarted,
     SpeculativeTranscript,
     SpeechResumed,
+    SpeechEnded,
     SpeechStarted,
     Transcript,
     TtsAudio,
+    WakeWord,
 )
 
 #: Generous: the loop reacts in microseconds; CI's 2 cores may be busy with other work.
@@ -60,6 +64,7 @@ class RecordingSpeaker:
     said: list[Said] = field(default_factory=list)
     stops: int = 0
     released: list[str] = field(default_factory=list)
+    resumes: int = 0
     fail: bool = False
 
     async def say(self, text: str, turn_id: str, *, final: bool = False, interrupt: bool = False,
@@ -74,6 +79,10 @@ class RecordingSpeaker:
 
     async def stop(self) -> bool:
         self.stops += 1
+        return True
+
+    async def resume(self) -> bool:
+        self.resumes += 1
         return True
 
     async def events(self) -> AsyncIterator[AudioEvent]:  # the tests call handle() themselves
@@ -172,18 +181,51 @@ async def test_barge_in_during_the_first_sentence_closes_the_llm_stream_and_stop
     await until(lambda: len(speaker.said) == 1, "the first sentence")
     await loop.handle(PlaybackStarted(t_ns=time.monotonic_ns(), turn_id="turn-2", first_audio_ms=70.0))
     now = time.monotonic_ns()
-    await loop.handle(SpeechStarted(t_ns=now, audio_s=3.0, captured_ns=now - 200_000_000, during_playback=True))
-    assert speaker.stops == 1  # commanded at once, before the turn's task even unwinds
+    # Speech over the robot: the audio service pauses playback by itself; nothing is decided yet.
+    await loop.handle(SpeechStarted(t_ns=now, turn_id="u-3", audio_s=3.0, captured_ns=now - 200_000_000,
+                                    during_playback=True))
+    await loop.handle(PlaybackPaused(t_ns=now + 1, turn_id="turn-2", onset_captured_ns=now - 280_000_000,
+                                     stop_ms=80.0))
+    assert speaker.stops == 0 and loop.current_turn == "turn-2"
+    # Its transcript has words: barge-in, commanded at once, before the turn's task even unwinds.
+    barge = transcript("u-3", "Stop, please stop now.")
+    barge.barge_in = True
+    await loop.handle(barge)
+    assert speaker.stops == 1
+    assert loop.current_turn == "u-3"  # the interruption is the next turn
     await until(lambda: loop.turns_done == 1, "the turn record")
     assert closed == [True]  # the LLM stream was closed, not left to the garbage collector
     assert not hold.is_set()
     (rec,) = turn_log.read()
-    assert rec["interrupted"] is True and rec["interrupt_reason"] == "speech while speaking"
-    assert rec["error"] is None and [s.text for s in speaker.said] == ["Let me tell you a long story."]
+    assert rec["interrupted"] is True and rec["interrupt_reason"] == "new utterance"
+    assert rec["pauses"] == [{"onset_captured_ns": now - 280_000_000, "paused_ns": now + 1, "stop_ms": 80.0,
+                              "outcome": "barge_in"}]
+    assert rec["false_interruptions"] == 0
+    assert rec["error"] is None and [s.text for s in speaker.said][0] == "Let me tell you a long story."
     assert loop.session.history == []  # an abandoned reply is not remembered
     # The audio service then reports the stop the agent asked for: nothing more happens.
     await loop.handle(Interrupted(t_ns=time.monotonic_ns(), turn_id="turn-2", reason="stop", played_ms=300.0))
-    assert speaker.stops == 1 and loop.turns_done == 1
+    assert speaker.stops == 1 and loop._turns["u-3"].record.barge_in is True
+
+
+async def test_a_cough_pauses_and_resumes_the_reply_without_cancelling_it(tmp_path: Path) -> None:
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("Let me tell you a long story. ", "It was dark."))
+    await loop.handle(transcript("turn-c", "Tell me a story"))
+    await until(lambda: any(s.final for s in speaker.said), "the whole reply")
+    start = time.monotonic_ns()
+    await loop.handle(PlaybackStarted(t_ns=start, turn_id="turn-c", first_audio_ms=70.0))
+    await loop.handle(PlaybackPaused(t_ns=start + 10, turn_id="turn-c", onset_captured_ns=start, stop_ms=90.0))
+    await loop.handle(SpeechEnded(t_ns=start + 20, audio_s=2.0, dropped="too_short"))
+    await loop.handle(PlaybackResumed(t_ns=start + 30, turn_id="turn-c", reason="not_speech", paused_ms=400.0))
+    # A "mhm" that was transcribed is not a turn and interrupts nothing either.
+    await loop.handle(transcript("u-mhm", "Mhm."))
+    assert speaker.stops == 0 and loop.current_turn == "turn-c" and loop.ignored == 1
+    await loop.handle(PlaybackFinished(t_ns=time.monotonic_ns(), turn_id="turn-c", played_ms=2000.0, final=True))
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    (rec,) = turn_log.read()
+    assert rec["interrupted"] is False and rec["false_interruptions"] == 1
+    assert rec["pauses"][0]["outcome"] == "not_speech" and rec["pauses"][0]["paused_ms"] == 400.0
+    assert rec["reply"] == "Let me tell you a long story. It was dark."
 
 
 async def test_a_new_utterance_while_thinking_replaces_the_turn(tmp_path: Path) -> None:
@@ -366,3 +408,54 @@ async def test_without_the_setting_speculative_transcripts_start_nothing(tmp_pat
     loop, speaker, _ = make_loop(tmp_path, scripted("Hi."))
     await loop.handle(speculative("u4", "Hello"))
     assert loop.current_turn is None and speaker.said == []
+
+
+# --- being addressed ------------------------------------------------------------------------------------
+
+
+async def test_name_mode_answers_only_speech_that_names_the_robot_then_follow_ups(tmp_path: Path) -> None:
+    settings = AgentSettings(addressing="name", conversation_window_s=30)
+    loop, speaker, turn_log = make_loop(tmp_path, scripted("It is noon."), settings)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    loop._on_event = lambda kind, data: seen.append((kind, data))
+    await loop.handle(transcript("u-1", "What time is it?"))
+    assert loop.current_turn is None and speaker.said == []
+    ignored = [d for k, d in seen if k == "ignored"]
+    assert ignored == [{"turn_id": "u-1", "text": "What time is it?", "reason": "not_addressed", "barge_in": False}]
+    await loop.handle(transcript("u-2", "Watus, what time is it?"))
+    assert loop.current_turn == "u-2"
+    await until(lambda: any(s.final for s in speaker.said), "the reply")
+    await play_out(loop, "u-2")
+    await until(lambda: loop.turns_done == 1, "the first turn")
+    await loop.handle(transcript("u-3", "And what day is it?"))  # inside the window: no name needed
+    assert loop.current_turn == "u-3"
+    await until(lambda: loop.turns_done == 1 and len([s for s in speaker.said if s.final]) == 2, "the follow-up")
+    await play_out(loop, "u-3")
+    await until(lambda: loop.turns_done == 2, "the follow-up's record")
+    recs = turn_log.read()
+    assert [r["addressed"] for r in recs] == ["name", "window"]
+
+
+async def test_name_mode_speech_not_for_the_robot_resumes_a_paused_reply(tmp_path: Path) -> None:
+    settings = AgentSettings(addressing="name", conversation_window_s=0)
+    loop, speaker, _ = make_loop(tmp_path, scripted("A long story. ", "The end."), settings)
+    await loop.handle(transcript("u-1", "Watus, tell me a story."))
+    await until(lambda: any(s.final for s in speaker.said), "the reply")
+    now = time.monotonic_ns()
+    await loop.handle(PlaybackStarted(t_ns=now, turn_id="u-1", first_audio_ms=70.0))
+    await loop.handle(PlaybackPaused(t_ns=now + 5, turn_id="u-1", onset_captured_ns=now, stop_ms=70.0))
+    await loop.handle(transcript("u-2", "Could you pass me the salt, Anna?"))  # people talking to each other
+    assert speaker.resumes == 1 and speaker.stops == 0 and loop.current_turn == "u-1"
+
+
+async def test_wake_mode_the_wake_word_opens_the_window(tmp_path: Path) -> None:
+    settings = AgentSettings(addressing="wake", conversation_window_s=30)
+    loop, speaker, _ = make_loop(tmp_path, scripted("It is noon."), settings)
+    await loop.handle(transcript("u-1", "Watus, what time is it?"))  # the name is not the wake word
+    assert loop.current_turn is None and loop.ignored == 1
+    now = time.monotonic_ns()
+    await loop.handle(WakeWord(t_ns=now, model="alexa", phrase="alexa", probability=0.99, captured_ns=now))
+    await loop.handle(transcript("u-2", "Alexa."))  # only the wake phrase: not a question
+    assert loop.current_turn is None and loop.ignored == 2
+    await loop.handle(transcript("u-3", "What time is it?"))
+    assert loop.current_turn == "u-3" and loop._turns["u-3"].record.addressed == "wake"

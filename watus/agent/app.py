@@ -60,6 +60,10 @@ class AgentMetrics:
         self.turns = m.counter("watus_turns", "Finished turns.", self.registry, ("outcome",))
         self.preemptive = m.counter("watus_preemptive", "Preemptive replies: hit (confirmed by the final "
                                     "transcript) or miss (thrown away).", self.registry, ("outcome",))
+        self.ignored = m.counter("watus_ignored_speech", "Utterances that were not a turn: not addressed to the "
+                                 "robot, no words, or only the wake word.", self.registry, ("reason",))
+        self.false_interruptions = m.counter("watus_false_interruptions", "Pauses of the robot's speech that "
+                                             "resumed (the speech was no words, or not for it).", self.registry)
         self.invalid = m.counter("watus_wire_invalid", "Messages from another process that did not match their "
                                  "contract (skipped, never defaulted).", self.registry, ("source", "type"))
 
@@ -73,6 +77,8 @@ class AgentMetrics:
             self.e2e.observe(rec.e2e_ms / 1000)
         if rec.perceived_ms is not None:
             self.perceived.observe(max(0.0, rec.perceived_ms / 1000))
+        if rec.false_interruptions:
+            self.false_interruptions.inc(rec.false_interruptions)
         if rec.preemptive == "hit":
             self.preemptive.labels("hit").inc()
         if rec.preemptive_misses:
@@ -100,7 +106,12 @@ class AgentState:
         self.session = Session(new_turn_id(), settings.memory_turns)
         self.turn_log = TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups)
         self.loop = VoiceLoop(settings, self.agent, self.session, self.vision, self.audio, self.turn_log,
-                              on_record=self.metrics.observe, on_event=self.hub.publish)
+                              on_record=self.metrics.observe, on_event=self._on_event)
+
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "ignored":
+            self.metrics.ignored.labels(str(data.get("reason", ""))).inc()
+        self.hub.publish(kind, data)
 
 
 def get_state(request: Request) -> AgentState:

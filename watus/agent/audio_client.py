@@ -57,6 +57,15 @@ class AudioClient:
         if r.status_code >= 400:
             raise AudioUnavailableError(f"audio service refused to release: {r.status_code} {r.text[:200]}")
 
+    async def resume(self) -> bool:
+        """Play on after a pause (the speech that paused the robot was not for it); whether it was paused."""
+        try:
+            r = await self._http.post("/v1/resume")
+            return bool(r.status_code == 200 and r.json().get("resumed"))
+        except (httpx.HTTPError, ValueError) as e:
+            log.warning("could not resume playback: %s", e)
+            return False
+
     async def stop(self) -> bool:
         """Stop playback and drop what is queued; whether anything was stopped (then an `interrupted` follows)."""
         try:

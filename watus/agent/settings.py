@@ -25,6 +25,14 @@ class Language(str, enum.Enum):
     pl = "pl"
 
 
+class Addressing(str, enum.Enum):
+    """Which speech the robot answers."""
+
+    always = "always"  # everything it hears
+    name = "name"  # speech that names it; then follow-ups for `conversation_window_s`
+    wake = "wake"  # after the wake word (the audio service's `WATUS_AUDIO_WAKE_WORD`), for the window
+
+
 class Pipeline(str, enum.Enum):
     streaming = "streaming"
     sequential = "sequential"
@@ -47,6 +55,14 @@ class AgentSettings(WatusSettings):
     audio_url: str = Field(default_factory=lambda: _service_url("WATUS_AUDIO_", DEFAULT_PORTS["audio"]),
                            description="Audio service base URL (default: from WATUS_AUDIO_HOST/PORT).")
     robot_name: str = Field("Watus", min_length=1, max_length=40, description="The robot's name.")
+    robot_name_aliases: str = Field("Watus,Vatus,Wattus,Vaatus,What us", description="Other spellings the ASR "
+                                    "gives the name, comma separated (one letter of slack is allowed anyway).")
+    addressing: Addressing = Field(Addressing.always, description="Which speech is for the robot: `always` "
+                                   "(everything), `name` (an utterance that names it, then follow-ups without "
+                                   "the name for `conversation_window_s`) or `wake` (the wake word opens the "
+                                   "window). Other speech is an `ignored` event, not a turn.")
+    conversation_window_s: float = Field(20.0, ge=0, le=3600, description="After being addressed (or after "
+                                         "its last reply), how long follow-ups need neither name nor wake word.")
     language: Language = Field(Language.en, description="Language the robot speaks: `en` or `pl`.")
     persona: str | None = Field(None, description="Persona prompt; empty: the built-in one for the language.")
     tools: bool = Field(False, description="Give the model tools (look again, count, describe a person). Turn on "

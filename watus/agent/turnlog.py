@@ -44,6 +44,15 @@ class TurnRecord:
     preemptive: str | None = None
     #: Preemptive replies started and thrown away for this utterance (the person went on, or the text changed).
     preemptive_misses: int = 0
+    #: The utterance started while the robot was talking (it interrupted the reply before).
+    barge_in: bool = False
+    #: How the speech was for the robot: always, name, window (a follow-up), wake; or text.
+    addressed: str | None = None
+    #: Times speech paused this turn's playback: onset, stop_ms (onset → silent), outcome (barge_in, or the
+    #: resume reason: no_words, not_speech, timeout, request), paused_ms.
+    pauses: list[dict[str, Any]] = field(default_factory=list)
+    #: Pauses that resumed: speech that was no words, or not for the robot.
+    false_interruptions: int = 0
     scene: dict[str, Any] | None = None
     t_ns: dict[str, int] = field(default_factory=dict)
     #: Times the audio service measured itself (ASR ms, VAD tail ms), as it reported them.

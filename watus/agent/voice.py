@@ -9,6 +9,12 @@ way, cancels the turn — the LLM stream is closed at once — and stops playbac
 speaker reports that its last text (`final`) has played, when it was interrupted, or when it had
 nothing to say.
 
+Talking over the robot: speech while it talks pauses playback in the audio service at once (a fact, not a
+decision); the utterance's transcript decides here. Real words for the robot: barge-in — the turn is
+cancelled, playback stopped, and the new utterance is the next turn. No words, or not for the robot
+(`WATUS_AGENT_ADDRESSING`): the reply resumes where it paused, and the pause is a false interruption in
+the turn's record. Ignored speech is an `ignored` event with its transcript, never a turn.
+
 Preemptive replies (`WATUS_AGENT_PREEMPTIVE`): a `speculative_transcript` at the person's first pause
 starts the turn at once, with its audio held by the speaker. The final `transcript` of the same
 utterance confirms it (same words: the held audio plays at once, a hit) or not (different words, or
@@ -36,6 +42,7 @@ from typing import Any, Protocol
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage
 
+from watus.agent.addressing import Addressee
 from watus.agent.audio_client import AudioUnavailableError
 from watus.agent.brain import Session, TurnDeps, scene_json
 from watus.agent.scene import VisionClient
@@ -47,12 +54,15 @@ from watus.core.wire.audio import (
     AudioEvent,
     Interrupted,
     PlaybackFinished,
+    PlaybackPaused,
+    PlaybackResumed,
     PlaybackStarted,
     SpeculativeTranscript,
     SpeechResumed,
     SpeechStarted,
     Transcript,
     TtsAudio,
+    WakeWord,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +80,8 @@ class Speaker(Protocol):
     async def release(self, turn_id: str) -> None: ...
 
     async def stop(self) -> bool: ...
+
+    async def resume(self) -> bool: ...
 
     def events(self) -> AsyncIterator[AudioEvent]: ...
 
@@ -112,7 +124,9 @@ class VoiceLoop:
         self._resumed: dict[str, int] = {}  # utterance -> when its speech last resumed after a pause
         self._misses: dict[str, int] = {}  # utterance -> preemptive replies thrown away
         self._stop_echoes = 0  # `interrupted` events still to come for stops this loop commanded
+        self.addressee = Addressee(settings)
         self.turns_done = 0
+        self.ignored = 0
 
     @property
     def current_turn(self) -> str | None:
@@ -137,7 +151,7 @@ class VoiceLoop:
         now = time.monotonic_ns()
         self._start_turn(Transcript(t_ns=now, turn_id=new_turn_id(), text=text, t0_ns=now, speech_started_ns=now,
                                     speech_end_captured_ns=now, audio_start_s=0.0, audio_end_s=0.0),
-                         source="text")
+                         source="text", addressed="text")
         assert self._current is not None
         return self._current.record.turn_id
 
@@ -158,19 +172,16 @@ class VoiceLoop:
             if turn is not None and turn.held and turn.record.turn_id == ev.turn_id:
                 await self._discard(turn, "speech resumed")
         elif isinstance(ev, Transcript):
-            turn = self._current
-            if turn is not None and turn.held and not turn.done.is_set():
-                if turn.record.turn_id == ev.turn_id and same_words(turn.record.transcript, ev.text):
-                    await self._confirm(turn, ev)
-                    return
-                await self._discard(turn, "the final transcript differs")
-            await self._barge_in("new utterance")
-            self._resumed.pop(ev.turn_id, None)
-            if ev.text.strip():
-                self._start_turn(ev)
+            await self._transcript(ev)
         elif isinstance(ev, SpeechStarted):
-            if ev.during_playback or ev.barge_in:
-                await self._barge_in("speech while speaking", stop_audio=not ev.barge_in)
+            # Speech over the robot pauses playback in the audio service; the transcript decides here.
+            # Only a say request that asked the speaker to stop by itself has already ended the turn.
+            if ev.barge_in:
+                await self._barge_in("speech while speaking", stop_audio=False)
+        elif isinstance(ev, WakeWord):
+            self.addressee.woke(ev.phrase, ev.t_ns)
+        elif isinstance(ev, (PlaybackPaused, PlaybackResumed)):
+            self._on_pause(ev)
         elif isinstance(ev, Interrupted):
             if ev.reason == "stop" and self._stop_echoes > 0:
                 self._stop_echoes -= 1  # the echo of a stop this loop commanded: already acted on
@@ -180,6 +191,45 @@ class VoiceLoop:
                 await self._barge_in(f"interrupted ({ev.reason})", stop_audio=False)
         elif isinstance(ev, (TtsAudio, PlaybackStarted, PlaybackFinished)) and ev.turn_id in self._turns:
             self._on_playback(self._turns[ev.turn_id], ev)
+
+    async def _transcript(self, ev: Transcript) -> None:
+        turn = self._current
+        verdict = self.addressee.check(ev.text, ev.t_ns)
+        if turn is not None and turn.held and not turn.done.is_set():
+            if turn.record.turn_id == ev.turn_id and same_words(turn.record.transcript, ev.text):
+                await self._confirm(turn, ev)
+                return
+            await self._discard(turn, "the final transcript differs")
+            turn = self._current
+        self._resumed.pop(ev.turn_id, None)
+        if not verdict.for_robot:
+            self._ignore(ev, verdict.how)
+            if turn is not None and not turn.done.is_set() and turn.record.pauses and verdict.how != "no_words":
+                await self._audio.resume()  # it paused for speech that was not for the robot: play on
+            return
+        if turn is not None and turn.record.pauses and "outcome" not in turn.record.pauses[-1]:
+            turn.record.pauses[-1]["outcome"] = "barge_in"
+        await self._barge_in("new utterance")
+        self._start_turn(ev, addressed=verdict.how)
+
+    def _ignore(self, ev: Transcript, why: str) -> None:
+        self.ignored += 1
+        self._misses.pop(ev.turn_id, None)
+        log.info("utterance %s ignored (%s): %r", ev.turn_id, why, ev.text)
+        self._notify("ignored", {"turn_id": ev.turn_id, "text": ev.text, "reason": why,
+                                 "barge_in": ev.barge_in})
+
+    def _on_pause(self, ev: PlaybackPaused | PlaybackResumed) -> None:
+        turn = self._turns.get(ev.turn_id or "") or self._current
+        if turn is None:
+            return
+        rec = turn.record
+        if isinstance(ev, PlaybackPaused):
+            rec.pauses.append({"onset_captured_ns": ev.onset_captured_ns, "paused_ns": ev.t_ns,
+                               "stop_ms": ev.stop_ms})
+        elif rec.pauses:
+            rec.pauses[-1].update(outcome=ev.reason, paused_ms=ev.paused_ms)
+            rec.false_interruptions += 1
 
     def _on_playback(self, turn: _Turn, ev: TtsAudio | PlaybackStarted | PlaybackFinished) -> None:
         rec = turn.record
@@ -199,6 +249,8 @@ class VoiceLoop:
             return
         if ev.pause_ns < self._resumed.get(ev.turn_id, 0):
             return  # the person went on after that pause: this text is not the utterance's
+        if not self.addressee.check(ev.text, ev.t_ns).for_robot:
+            return  # the final transcript decides whether it is for the robot
         turn = self._current
         if turn is not None and not turn.done.is_set():
             if not turn.held:
@@ -216,6 +268,8 @@ class VoiceLoop:
         """The final transcript says what the speculative one said: play the held reply now."""
         rec = turn.record
         rec.preemptive = "hit"
+        rec.barge_in = ev.barge_in
+        rec.addressed = self.addressee.check(ev.text, ev.t_ns).how
         self._misses.pop(rec.turn_id, None)  # counted in this record already
         rec.t_ns["speech_end"], rec.t_ns["asr_done"] = ev.t0_ns, ev.t_ns
         rec.audio_ms = dict(ev.stages_ms)
@@ -250,10 +304,11 @@ class VoiceLoop:
             self._current = None
         self._turns.pop(utterance, None)
 
-    def _start_turn(self, ev: Transcript, source: str = "voice") -> None:
+    def _start_turn(self, ev: Transcript, source: str = "voice", addressed: str | None = None) -> None:
         record = TurnRecord(turn_id=ev.turn_id, session_id=self.session.id, transcript=ev.text.strip(),
                             language=ev.language, mode=self._s.pipeline.value, source=source,
-                            preemptive_misses=self._misses.pop(ev.turn_id, 0))
+                            preemptive_misses=self._misses.pop(ev.turn_id, 0), barge_in=ev.barge_in,
+                            addressed=addressed)
         record.mark("speech_end", ev.t0_ns)
         record.mark("asr_done", ev.t_ns)
         if ev.speech_end_captured_ns is not None:
@@ -341,6 +396,8 @@ class VoiceLoop:
             self._current = None
         if turn.discarded:
             return
+        if not rec.error:
+            self.addressee.keep_open(time.monotonic_ns())
         # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop.
         try:
             await asyncio.to_thread(self._log.write, rec)

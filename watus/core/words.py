@@ -53,3 +53,10 @@ def names(text: str, name: str, aliases: tuple[str, ...] = ()) -> bool:
             if len(joined) >= 5 and _within_one_edit("".join(window), joined):
                 return True
     return False
+
+
+def without(text: str, phrase: str) -> list[str]:
+    """The real words of `text` once the words of `phrase` (give or take a letter) are taken out."""
+    drop = words(phrase)
+    return [w for w in real_words(text) if not any(_within_one_edit(w, d) if len(d) >= 4 else w == d
+                                                   for d in drop)]
