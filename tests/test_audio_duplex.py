@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,10 +120,10 @@ async def _barge_in(models: Models, tmp_path: Path, phrase: str, gain_db: float)
         paused = await run.wait(lambda e: e.type == "playback_paused", 10)
         transcript = await run.wait(lambda e: e.type == "transcript", 20)
         assert run.runtime.room is not None
-        (talker,) = run.runtime.room.schedule()["talkers"]  # type: ignore[index]
+        talkers: list[dict[str, Any]] = run.runtime.room.schedule()["talkers"]  # type: ignore[assignment]
     finally:
         await run.runtime.close()
-    onset_to_silent_ms = (paused.t_ns - talker["onset_ns"]) / 1e6
+    onset_to_silent_ms = (paused.t_ns - talkers[0]["onset_ns"]) / 1e6
     assert transcript.model_dump()["barge_in"] is True
     return transcript.model_dump()["text"], onset_to_silent_ms, run
 

@@ -206,8 +206,8 @@ async def _echo_run(models: Models, tmp_path: Path, half_duplex: bool) -> Run:
     echo = speak(models, "I can see two people and a chair in the room today.")
     echo *= 10 ** (-42 / 20) / float(np.sqrt(np.mean(echo**2)))
     mic = write_wav(tmp_path / f"echo-{half_duplex}.wav", silence(1.5), echo, silence(1.0))
-    run = await start_run(models, _settings(mic_backend="file", mic_file=mic, echo_mode="half" if half_duplex else "off",
-                                            mic_gap_s=0.0))
+    run = await start_run(models, _settings(mic_backend="file", mic_file=mic,
+                                            echo_mode="half" if half_duplex else "off", mic_gap_s=0.0))
     assert run.runtime.speaker is not None
     await run.runtime.speaker.say(LONG_REPLY, models.voices.default, turn_id="talk")
     await run.wait(lambda e: e.type == "playback_started", 5)

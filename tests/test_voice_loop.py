@@ -36,8 +36,8 @@ from watus.core.wire.audio import (
     PlaybackResumed,
     PlaybackStarted,
     SpeculativeTranscript,
-    SpeechResumed,
     SpeechEnded,
+    SpeechResumed,
     SpeechStarted,
     Transcript,
     TtsAudio,
@@ -201,7 +201,7 @@ async def test_barge_in_during_the_first_sentence_closes_the_llm_stream_and_stop
     assert rec["pauses"] == [{"onset_captured_ns": now - 280_000_000, "paused_ns": now + 1, "stop_ms": 80.0,
                               "outcome": "barge_in"}]
     assert rec["false_interruptions"] == 0
-    assert rec["error"] is None and [s.text for s in speaker.said][0] == "Let me tell you a long story."
+    assert rec["error"] is None and next(s.text for s in speaker.said) == "Let me tell you a long story."
     assert loop.session.history == []  # an abandoned reply is not remembered
     # The audio service then reports the stop the agent asked for: nothing more happens.
     await loop.handle(Interrupted(t_ns=time.monotonic_ns(), turn_id="turn-2", reason="stop", played_ms=300.0))
@@ -450,7 +450,7 @@ async def test_name_mode_speech_not_for_the_robot_resumes_a_paused_reply(tmp_pat
 
 async def test_wake_mode_the_wake_word_opens_the_window(tmp_path: Path) -> None:
     settings = AgentSettings(addressing="wake", conversation_window_s=30)
-    loop, speaker, _ = make_loop(tmp_path, scripted("It is noon."), settings)
+    loop, _speaker, _ = make_loop(tmp_path, scripted("It is noon."), settings)
     await loop.handle(transcript("u-1", "Watus, what time is it?"))  # the name is not the wake word
     assert loop.current_turn is None and loop.ignored == 1
     now = time.monotonic_ns()
