@@ -193,7 +193,7 @@ class AudioSettings(WatusSettings):
     barge_in: bool = Field(True, description="Listen for speech while the robot talks (a `speech_started` "
                            "event with `during_playback`); for a `say` request that does not choose, such speech "
                            "also stops playback (`interrupted`). The agent chooses, and stops playback itself.")
-    barge_in_pause_ms: int = Field(64, ge=0, le=2000, description="Speech heard this long while the robot talks "
+    barge_in_pause_ms: int = Field(32, ge=0, le=2000, description="Speech heard this long while the robot talks "
                                    "pauses its playback (`playback_paused`) until it is known to be words "
                                    "(the agent then stops it) or not (it resumes); 0: never pause.")
     barge_in_resume_ms: int = Field(2000, ge=100, le=30_000, description="A pause that no transcript with words "

@@ -26,7 +26,7 @@ from audio.pcm import ASR_RATE, F32, resample
 from audio.runtime import Models, load_models
 from audio.settings import AudioSettings
 from tests.test_audio_listen import Run, silence, speak, start_run, write_wav
-from watus.core.words import words
+from watus.bench.duplex import wer
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng makes the second voice")]
@@ -63,17 +63,6 @@ def espeak(text: str, path: Path) -> F32:
     clip = resample(audio.astype(np.float32), int(rate), ASR_RATE)
     write_wav(path, clip)
     return clip
-
-
-def wer(ref: str, hyp: str) -> float:
-    r, h = words(ref), words(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(1, len(r))
 
 
 def rms_db(x: F32) -> float:

@@ -33,6 +33,8 @@ from vision.errors import (
     StaleSceneError,
     TooLargeError,
     VisionError,
+    document_errors,
+    error_responses,
     install_error_handlers,
 )
 from vision.facedet import select_face_detector
@@ -54,6 +56,20 @@ log = logging.getLogger(__name__)
 MAX_PENDING_UPLOADS = 4
 #: Multipart framing around an uploaded file (headers, boundaries) allowed beyond the image limit.
 _MULTIPART_SLACK = 64 * 1024
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+#: One event of `GET /v1/scene/stream`, as an SSE-aware client (and schemathesis) reads it.
+_SCENE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+    {"const": "[DONE]"},
+    {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": "#/components/schemas/Scene"}},
+]}}}
+#: What `POST /v1/detect` reads (by hand, so the OpenAPI is written out here): the image bytes as the
+#: body, or a multipart form with the image in `file`.
+_IMAGE_UPLOAD = {"requestBody": {"required": True, "description": "A JPEG, PNG, BMP or WebP image.", "content": {
+    **{media: _BINARY for media in ("image/jpeg", "image/png", "image/bmp", "image/webp", "application/octet-stream")},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+}}}
 
 
 @dataclass
@@ -254,8 +270,9 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
     app.state.vision = None
     app.state.load_error = None
     install_error_handlers(app)
+    document_errors(app)
 
-    @app.get("/v1/scene", response_model=Scene)
+    @app.get("/v1/scene", response_model=Scene, responses=error_responses(400, 503))
     async def scene(state: State, max_age_ms: Annotated[float | None, Query(ge=0)] = None) -> Response:
         item = _latest(state)
         age_ms = (time.monotonic_ns() - item.scene.captured_ns) / 1e6
@@ -265,7 +282,9 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
                                   headers={"Retry-After": "1"})
         return Response(item.body, media_type="application/json", headers={"X-Scene-Age-Ms": f"{age_ms:.1f}"})
 
-    @app.get("/v1/scene/stream")
+    @app.get("/v1/scene/stream", response_class=StreamingResponse, responses={
+        200: {"description": "Server-sent events: `data: <Scene JSON>` per new scene, `data: [DONE]` at shutdown.",
+              "content": {"text/event-stream": {"schema": _SCENE_EVENT}}}, **error_responses(400, 503)})
     async def scene_stream(state: State,
                            max_fps: Annotated[float | None, Query(gt=0, le=1000)] = None) -> StreamingResponse:
         interval = 1.0 / min(max_fps or settings.stream_max_fps, settings.stream_max_fps)
@@ -287,7 +306,9 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/v1/frame.jpg")
+    @app.get("/v1/frame.jpg", response_class=Response, responses={
+        200: {"description": "The latest frame (`annotated`: with its boxes).", "content": {"image/jpeg": _BINARY}},
+        **error_responses(400, 503)})
     async def frame_jpg(state: State, annotated: Annotated[bool, Query()] = False) -> Response:
         item = _latest(state)
         jpeg = item.jpeg.get(annotated)
@@ -304,7 +325,8 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
         return Response(jpeg, media_type="image/jpeg", headers={"X-Frame-Id": str(item.scene.frame_id),
                                                                 "Cache-Control": "no-store"})
 
-    @app.post("/v1/detect", response_model=Scene)
+    @app.post("/v1/detect", response_model=Scene, openapi_extra=_IMAGE_UPLOAD,
+              responses=error_responses(400, 413, 415, 503))
     async def detect(state: State, request: Request) -> Response:
         metrics: VisionMetrics = app.state.metrics
         if state.pending_uploads >= MAX_PENDING_UPLOADS:
@@ -324,11 +346,13 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
         metrics.detect_requests.labels("ok").inc()
         return Response(result.model_dump_json().encode(), media_type="application/json")
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses={
+        503: {"model": Health, "description": "The models are loading, or failed to load (`error`)."}})
     async def health(request: Request) -> JSONResponse:
         return _health(request)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={
+        200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         state: VisionState | None = app.state.vision
         if state is not None:

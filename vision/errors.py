@@ -8,9 +8,11 @@ below the routers; `install_error_handlers` turns each into `{"error": {"message
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
+from vision.protocol import ErrorResponse
 from watus.core import api_errors
 from watus.core.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
 
@@ -28,7 +30,9 @@ __all__ = [
     "TooLargeError",
     "UnsupportedImageError",
     "VisionError",
+    "document_errors",
     "error_body",
+    "error_responses",
     "install_error_handlers",
 ]
 
@@ -82,3 +86,37 @@ class OverloadedError(api_errors.OverloadedError):
 def install_error_handlers(app: FastAPI) -> None:
     """The shared handlers; 503s (loading, busy, no or stale scene) are states clients poll through, not logged."""
     api_errors.install_error_handlers(app, logger=log, quiet_statuses={503})
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request; `param` names the parameter.",
+    413: "The upload is over WATUS_VISION_MAX_UPLOAD_BYTES or the image over WATUS_VISION_MAX_IMAGE_PIXELS.",
+    415: "Not a JPEG, PNG, BMP or WebP image.",
+    503: "Not ready yet, no scene yet, a scene older than `max_age_ms`, or too many uploads waiting "
+         "(with `Retry-After`).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route: the error body for each status it can answer with."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI say what the handlers do: a bad parameter is the 400 each route declares (with
+    `error_responses`), not FastAPI's default 422 with its own validation body, which is never sent."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

@@ -15,8 +15,21 @@ from watus.core.wire.scene import (  # re-exported: the vision service's own nam
     StageTimings,
 )
 
-__all__ = ["AgeEstimate", "Box", "DetectedObject", "Health", "LabelScore", "Person", "Scene", "SourceHealth",
-           "StageTimings"]
+__all__ = ["AgeEstimate", "Box", "DetectedObject", "ErrorInfo", "ErrorResponse", "Health", "LabelScore", "Person",
+           "Scene", "SourceHealth", "StageTimings"]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = Field(description="The request field or parameter at fault, if one is.")
+    code: str | int | None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI-style body of every 4xx/5xx (`watus.core.api_errors`), as the OpenAPI documents it."""
+
+    error: ErrorInfo
 
 
 class SourceHealth(BaseModel):

@@ -42,7 +42,8 @@ def letterbox(image: NDArray[np.uint8], size: int) -> tuple[NDArray[np.float32],
     """BGR frame → NCHW float32 RGB blob of `size`², as Ultralytics' LetterBox(auto=False) does it."""
     h, w = image.shape[:2]
     r = min(size / h, size / w)
-    new_w, new_h = round(w * r), round(h * r)
+    # At least a pixel each way: a very thin image (say 1 × 5000) would otherwise scale to a side of 0.
+    new_w, new_h = max(1, round(w * r)), max(1, round(h * r))
     dw, dh = (size - new_w) / 2, (size - new_h) / 2
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) else image
     top, bottom = round(dh - 0.1), round(dh + 0.1)

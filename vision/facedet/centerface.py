@@ -70,7 +70,7 @@ def fit_input(height: int, width: int, search_size: int, fixed: tuple[int, int] 
 def preprocess(image: NDArray[np.uint8], fit: Fit) -> NDArray[np.float32]:
     """BGR image → [1, 3, H, W] float32 RGB 0..255, scaled and padded as `fit` says."""
     h, w = image.shape[:2]
-    new_w, new_h = min(fit.width, round(w * fit.scale)), min(fit.height, round(h * fit.scale))
+    new_w, new_h = min(fit.width, max(1, round(w * fit.scale))), min(fit.height, max(1, round(h * fit.scale)))
     interp = cv2.INTER_AREA if fit.scale < 1 else cv2.INTER_LINEAR
     canvas = np.zeros((fit.height, fit.width, 3), np.uint8)
     canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)

@@ -69,7 +69,8 @@ class HaarFaceDetector:
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         scale = min(1.0, _SEARCH_SIDE / max(gray.shape))
         if scale < 1.0:
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))  # never a 0 side
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
         min_side = max(12, round(min_size * scale))
         with self._lock:

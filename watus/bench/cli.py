@@ -17,6 +17,7 @@ from rich.table import Table
 
 from watus.bench import update_markdown_section
 from watus.bench.degradation import degradation
+from watus.bench.duplex import duplex
 from watus.bench.e2e import e2e
 from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
 from watus.bench.speech import speech
@@ -133,6 +134,7 @@ bench_app.command("speech")(speech)
 bench_app.command("degradation")(degradation)
 bench_app.command("vision")(vision)
 bench_app.command("e2e")(e2e)
+bench_app.command("duplex")(duplex)
 
 
 if __name__ == "__main__":

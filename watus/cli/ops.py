@@ -8,6 +8,7 @@ log per process, and on Ctrl-C stops them all, the agent first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -213,8 +214,24 @@ def doctor(
         devices = sounddevice.query_devices()
         add(f"sound devices ({len(devices)})", len(devices) > 0,
             "no sound card: use WAV files (watus listen --mic-wav FILE, the audio service's file devices)")
+        for kind in ("input", "output"):
+            with contextlib.suppress(Exception):  # no default device of that kind
+                d = sounddevice.query_devices(kind=kind)
+                # What the echo canceller's alignment relies on: the device's own reported latency.
+                add(f"default {kind}: {d['name']} ({d['default_samplerate']:.0f} Hz, latency "
+                    f"{d[f'default_low_{kind}_latency'] * 1000:.0f}–{d[f'default_high_{kind}_latency'] * 1000:.0f}"
+                    " ms)", True)
     except Exception as e:  # PortAudio missing or no devices: both are reported, not fatal
         add("sound devices", False, f"{e}; apt-get install libportaudio2, or use WAV files")
+    try:
+        from audio.aec import EchoError, load_processor
+
+        load_processor(noise_suppression=False, high_pass=True, delay_ms=0)
+        add("echo cancellation (WebRTC AEC3, WATUS_AUDIO_ECHO_MODE=aec)", True)
+    except EchoError as e:
+        add("echo cancellation (WebRTC AEC3)", False, f"{e}; the audio service falls back to half duplex")
+    except ImportError as e:
+        add("echo cancellation (WebRTC AEC3)", False, f"{e}: pip install -e '.[audio]'")
     cams = sorted(Path("/dev").glob("video*"))
     add(f"cameras ({', '.join(c.name for c in cams) or 'none'})", bool(cams),
         "no camera: set WATUS_VISION_SOURCE to a video file or an image folder")
