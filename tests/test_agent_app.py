@@ -53,3 +53,23 @@ def test_bad_request_is_a_4xx(agent_url: str) -> None:
     # The same OpenAI-style error body as the other services.
     assert r.status_code == 400 and r.json()["error"]["param"] == "text", r.text
     assert httpx.post(agent_url + "/v1/session/new", timeout=10).json()["session"]
+
+
+def test_blank_text_is_a_400_like_the_turns_api(agent_url: str) -> None:
+    r = httpx.post(agent_url + "/v1/chat", json={"text": "   "}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "empty_input", r.text
+
+
+def test_llm_down_is_a_503_with_retry_after_and_a_marked_stream(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"WATUS_AGENT_PORT": str(port), "WATUS_AGENT_LLM_URL": f"http://127.0.0.1:{free_port()}",
+           "WATUS_AGENT_VISION_URL": f"http://127.0.0.1:{free_port()}",
+           "WATUS_AGENT_AUDIO_URL": f"http://127.0.0.1:{free_port()}",
+           "WATUS_AGENT_TURN_LOG": str(tmp_path / "turns.jsonl"), "WATUS_AGENT_LLM_TIMEOUT_S": "5"}
+    with run_service("watus", env, port, tmp_path / "agent.log") as url:
+        r = httpx.post(url + "/v1/chat", json={"text": "hi"}, timeout=60)
+        assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+        assert r.json()["error"]["code"] == "llm_unavailable"
+        streamed = httpx.post(url + "/v1/chat", json={"text": "hi", "stream": True}, timeout=60)
+        assert streamed.status_code == 200 and "[error: the LLM failed" in streamed.text, streamed.text
+        assert httpx.get(url + "/health", timeout=10).status_code in (200, 503)  # still serving

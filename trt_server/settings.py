@@ -58,6 +58,18 @@ class LLMSettings(WatusSettings):
     queue_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a slot before a 503.")
     default_max_tokens: int = Field(512, ge=1, description="`max_tokens` when the request gives none "
                                     "(capped by the context left).")
+    json_max_string_bytes: int = Field(
+        200, ge=1, le=4096, description="llamacpp: longest string the JSON grammar (forced tool calls, "
+        "`response_format`) lets the model write where the schema gives no smaller `maxLength`, in UTF-8 bytes: "
+        "200 characters of ASCII text, fewer of other scripts. Tightened further for a request whose "
+        "`max_tokens` could not otherwise hold the longest JSON the grammar admits, so that the JSON closes in "
+        "time (wherever the schema's required keys fit at all).",
+    )
+    json_max_items: int = Field(
+        8, ge=0, le=1000, description="llamacpp: most items of a JSON array (entries of a map) the JSON grammar "
+        "lets the model write where the schema gives no smaller `maxItems` (`maxProperties`); tightened like "
+        "strings.",
+    )
     api_key: SecretStr | None = Field(None, description="If set, requests need `Authorization: Bearer <key>`.")
     kv_cache_free_gpu_memory_fraction: float = Field(
         0.5, gt=0, le=1.0, description="trtllm: share of free GPU memory for the KV cache. On an Orin the GPU's "

@@ -23,6 +23,7 @@ def select_engine(settings: LLMSettings) -> Engine:
             model_name=settings.model_name,
         ))
     from trt_server.engines.llamacpp import LlamaCppConfig, LlamaCppEngine
+    from trt_server.jsonbudget import JsonLimits
 
     return LlamaCppEngine(LlamaCppConfig(
         model_path=settings.model_path,
@@ -32,4 +33,5 @@ def select_engine(settings: LLMSettings) -> Engine:
         gpu_layers=settings.gpu_layers,
         model_name=settings.model_name,
         verbose=settings.log_level.upper() == "DEBUG",
+        json_limits=JsonLimits(settings.json_max_string_bytes, settings.json_max_items),
     ))

@@ -38,6 +38,7 @@ from trt_server.engines.base import (
     SamplingParams,
     TokenLogprob,
 )
+from trt_server.jsonbudget import JsonLimits, json_constraint
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class LlamaCppConfig:
     model_name: str | None = None
     #: llama.cpp's own logging (WATUS_LLM_LOG_LEVEL=DEBUG).
     verbose: bool = False
+    #: WATUS_LLM_JSON_MAX_STRING_BYTES and WATUS_LLM_JSON_MAX_ITEMS: bounds of the JSON grammar.
+    json_limits: JsonLimits = dataclasses.field(default_factory=JsonLimits)
 
 
 class LlamaCppTokenizer:
@@ -238,7 +241,9 @@ class LlamaCppEngine:
         if params.seed is not None:
             body["seed"] = params.seed % _RANDOM_SEED
         if params.json_schema is not None:
-            body["json_schema"] = params.json_schema
+            # A bounded grammar fitted to max_tokens (jsonbudget), or the schema for llama.cpp's converter.
+            key, value = json_constraint(dict(params.json_schema), params.max_tokens, self._config.json_limits)
+            body[key] = value
         if params.logprobs is not None:
             # n_probs=0 would report nothing: ask for one, the server trims the alternatives to k.
             body["n_probs"] = max(1, params.logprobs)
@@ -253,7 +258,6 @@ class LlamaCppEngine:
         queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
         cancelled = threading.Event()
         server = self._server
-        body = self._request(prompt_ids, params)
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             loop.call_soon_threadsafe(queue.put_nowait, chunk)
@@ -261,7 +265,8 @@ class LlamaCppEngine:
 
         def run() -> None:
             try:
-                server.handle_completions(body, on_chunk)
+                # Built here, off the event loop: fitting a JSON grammar takes a few milliseconds.
+                server.handle_completions(self._request(prompt_ids, params), on_chunk)
             except BaseException as e:  # handed to the consumer, raised there
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -33,7 +33,7 @@ from watus.agent.settings import AgentSettings
 from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
 from watus.agent.voice import VoiceLoop
 from watus.core import metrics as m
-from watus.core.api_errors import install_error_handlers
+from watus.core.api_errors import BadRequestError, NotReadyError, install_error_handlers
 from watus.core.memwatch import SwapWatch
 from watus.core.timing import new_turn_id
 from watus.core.wire import WireError
@@ -114,10 +114,15 @@ class AgentState:
         self.hub.publish(kind, data)
 
 
+class UpstreamError(NotReadyError):
+    type = "upstream_unavailable"
+
+
 def get_state(request: Request) -> AgentState:
     state: AgentState | None = request.app.state.agent
     if state is None:
-        raise HTTPException(503, "agent starting")
+        raise NotReadyError("The agent is starting; try again shortly.", code="agent_starting",
+                            headers={"Retry-After": "1"})
     return state
 
 
@@ -202,6 +207,8 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
 
     @app.post("/v1/chat")
     async def chat(req: ChatRequest, state: State) -> Response:
+        if not req.text.strip():
+            raise BadRequestError("`text` is empty.", param="text", code="empty_input")
         if req.new_session:
             state.session.clear()
         view = await state.vision.look()
@@ -210,13 +217,18 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
         if req.stream:
             async def body() -> AsyncIterator[bytes]:
                 async with contextlib.aclosing(deltas):
-                    async for d in deltas:
-                        yield d.encode()
+                    try:
+                        async for d in deltas:
+                            yield d.encode()
+                    except Exception as e:  # headers are sent: the failure ends the text, marked as such
+                        log.error("chat stream failed: %s: %s", type(e).__name__, e)
+                        yield f"\n[error: the LLM failed: {type(e).__name__}]\n".encode()
             return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
         try:
             text = "".join([d async for d in deltas])
-        except Exception as e:
-            raise HTTPException(502, f"the LLM failed: {type(e).__name__}: {e}") from e
+        except Exception as e:  # the LLM is down or failing: a peer's outage, not the client's error
+            raise UpstreamError(f"The LLM failed: {type(e).__name__}: {e}", code="llm_unavailable",
+                                headers={"Retry-After": "2"}) from e
         return JSONResponse({"reply": text, "session": state.session.id,
                              "scene": None if view.scene is None else {"age_ms": view.age_ms, "stale": view.stale},
                              "vision_error": view.error})
