@@ -76,6 +76,16 @@ class FarEnd:
                 out[lo - pos:hi - pos] = self._take(lo, hi)
         return out
 
+    def peak_dbfs(self, end_ns: int, window_ns: int) -> float | None:
+        """The loudest 20 ms (RMS dBFS) played in the `window_ns` before `end_ns`; None if silent."""
+        recent = self.read(end_ns - window_ns, window_ns * self.rate // 1_000_000_000)
+        n = self.rate // 50
+        k = len(recent) // n
+        if k == 0 or not recent.any():
+            return None
+        peak = float(np.sqrt(np.max(np.mean(recent[:k * n].reshape(k, n) ** 2, axis=1))))
+        return 20 * float(np.log10(max(peak, 1e-9)))
+
     def _idx(self, pos: int) -> int:
         return pos % len(self._ring)
 

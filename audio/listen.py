@@ -33,6 +33,7 @@ import numpy as np
 from audio.aec import EchoCanceller
 from audio.asr.base import TranscribeOptions
 from audio.asr.runner import AsrRunner, Transcript
+from audio.bargein import PausableSpeaker, PauseWatch
 from audio.events import EventBus
 from audio.farend import FarEnd
 from audio.metrics import AudioMetrics
@@ -50,7 +51,6 @@ from watus.core.wire.audio import (
     WakeWord,
 )
 from watus.core.wire.audio import Transcript as TranscriptEvent
-from watus.core.words import real_words
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,10 @@ log = logging.getLogger(__name__)
 FAR_WINDOW_NS = 300_000_000
 
 
-class SpeakerState(Protocol):
-    """What the listener needs of the speaker: is the robot talking, and the speaker's own barge-in."""
+class SpeakerState(PausableSpeaker, Protocol):
+    """What the listener needs of the speaker: is the robot talking, pause/resume, its own barge-in."""
 
     def talking(self, tail_ms: float = 0.0) -> bool: ...
-
-    def audible(self, tail_ms: float = 0.0) -> bool: ...
-
-    @property
-    def paused(self) -> bool: ...
-
-    def pause(self, onset_ns: int) -> bool: ...
-
-    def resume(self, reason: str, text: str | None = None) -> bool: ...
 
     def interrupt_on_speech(self) -> bool: ...
 
@@ -132,15 +123,7 @@ class Listener:
         self._echo_mode = echo_mode
         self._far = far
         self._wake = wake
-        # Pausing the robot on speech: a run of speech-like frames while it is audible, and what follows.
-        frame_ms = vad.frame_samples * 1000 / ASR_RATE
-        self._pause_frames = 0 if settings.barge_in_pause_ms <= 0 else max(1, round(settings.barge_in_pause_ms /
-                                                                                     frame_ms))
-        self._speech_run = 0
-        self._run_start = 0
-        self._paused_by_me = False
-        self._resume_at = 0  # monotonic ns: resume a pause that nothing decided by then
-        self._deciding: str | None = None  # the utterance whose transcript decides a pause
+        self._pauses = PauseWatch(settings, speaker, vad.frame_samples) if speaker is not None else None
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
         self._decision: tuple[str, float | None, float | None] = ("silence", None, None)
         self._queue: queue.Queue[tuple[F32, int, int] | _End] = queue.Queue(settings.mic_queue_blocks)
@@ -247,7 +230,8 @@ class Listener:
             start = self._seg.position
             for ev in self._seg.push(frame, prob, level, gate, floor):
                 self._handle(ev)
-            self._watch_playback(prob, level, gate, start, floor)
+            if self._pauses is not None:
+                self._pauses.frame(prob, level, gate, floor, start, self._seg.in_speech, self._at)
 
     def _gate(self) -> Gate:
         s = self._settings
@@ -260,15 +244,8 @@ class Listener:
         what the speaker played in the last moments (plus a margin), whichever is higher: its echo is
         quieter than that, a person who means to interrupt is not."""
         s = self._settings
-        if self._far is None:
-            return s.barge_in_min_dbfs
-        recent = self._far.read(self._clock_ns - FAR_WINDOW_NS, FAR_WINDOW_NS * ASR_RATE // 1_000_000_000)
-        if not recent.any():
-            return s.barge_in_min_dbfs
-        n = ASR_RATE // 50  # 20 ms windows
-        k = len(recent) // n
-        peak = float(np.sqrt(np.max(np.mean(recent[:k * n].reshape(k, n) ** 2, axis=1))))
-        return max(s.barge_in_min_dbfs, 20 * np.log10(max(peak, 1e-9)) + s.barge_in_far_margin_db)
+        peak = None if self._far is None else self._far.peak_dbfs(self._clock_ns, FAR_WINDOW_NS)
+        return s.barge_in_min_dbfs if peak is None else max(s.barge_in_min_dbfs, peak + s.barge_in_far_margin_db)
 
     def _listen_for_wake(self, samples: F32) -> None:
         assert self._wake is not None
@@ -283,42 +260,6 @@ class Listener:
             self._bus.publish_threadsafe(WakeWord(t_ns=time.monotonic_ns(), model=hit.model, phrase=hit.phrase,
                                                   probability=round(float(hit.probability), 3),
                                                   captured_ns=self._clock_ns))
-
-    # --- pausing the robot while someone speaks -------------------------------------------------------------
-
-    def _watch_playback(self, prob: float, level: float, gate: Gate, frame_start: int,
-                        floor: float | None) -> None:
-        """Pause playback on a run of speech while it is audible; resume a pause nobody decided in time."""
-        sp, s = self._speaker, self._settings
-        if sp is None or self._pause_frames == 0 or not s.barge_in:
-            return
-        if gate is Gate.raised:
-            speechy = prob >= s.barge_in_threshold and level >= (s.barge_in_min_dbfs if floor is None else floor)
-        else:
-            speechy = gate is Gate.open and prob >= s.vad_threshold
-        now = time.monotonic_ns()
-        if self._paused_by_me and not sp.paused:
-            self._paused_by_me = False  # stopped (barge-in) or resumed by request
-        if speechy:
-            if self._speech_run == 0:
-                self._run_start = frame_start
-            self._speech_run += 1
-            if self._paused_by_me:
-                self._resume_at = max(self._resume_at, now + s.barge_in_resume_ms * 1_000_000)
-            elif self._speech_run >= self._pause_frames and sp.audible() and sp.pause(self._at(self._run_start)):
-                self._paused_by_me = True
-                self._deciding = None
-                self._resume_at = now + s.barge_in_resume_ms * 1_000_000
-        else:
-            self._speech_run = 0
-        if self._paused_by_me and self._deciding is None and not self._seg.in_speech and now >= self._resume_at:
-            self._resume("timeout")
-
-    def _resume(self, reason: str, text: str | None = None) -> None:
-        if self._paused_by_me and self._speaker is not None:
-            self._paused_by_me = False
-            self._deciding = None
-            self._speaker.resume(reason, text)
 
     def _at(self, pos: int) -> int:
         """Capture time (monotonic ns) of stream position `pos`, from the latest block's timestamp."""
@@ -352,7 +293,8 @@ class Listener:
         elif isinstance(ev, Dropped):
             self._cancel_speculation()
             self._metrics.utterances.labels("too_short").inc()
-            self._resume("not_speech")
+            if self._pauses is not None:
+                self._pauses.dropped()
             self._bus.publish_threadsafe(SpeechEnded(t_ns=now, audio_s=round(ev.end / ASR_RATE, 3),
                                                      dropped=ev.reason))
         elif isinstance(ev, SpeechEnd):
@@ -423,8 +365,8 @@ class Listener:
             if spec is not None:
                 spec.future.cancel()
             future, speculative = self._asr.submit(ev.audio, self._options, source="mic"), False
-        if self._paused_by_me:
-            self._deciding = turn  # its transcript decides: no words → resume; words → the agent's call
+        if self._pauses is not None:
+            self._pauses.utterance_ended(turn)  # its transcript decides: no words → resume; words → the agent
         start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE
         silence_ms = (self._seg.position - ev.end) * 1000 / ASR_RATE
         barge_in, speech_start_ns = self._barge_in, self._speech_start_ns
@@ -438,13 +380,8 @@ class Listener:
                 return
             t = f.result()
             now = time.monotonic_ns()
-            if self._deciding == turn:
-                if real_words(t.text):
-                    # Words: the agent stops the reply (or resumes it); if it says nothing, resume later.
-                    self._deciding = None
-                    self._resume_at = now + self._settings.barge_in_resume_ms * 1_000_000
-                else:
-                    self._resume("no_words", t.text)
+            if self._pauses is not None:
+                self._pauses.transcribed(turn, t.text)
             eos_ms = (now - t0) / 1e6
             self._metrics.eos_to_transcript.observe(eos_ms / 1000)
             stages = {"speech": round(speech_ms, 1), "end_silence": round(silence_ms, 1),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,12 @@ import pytest_asyncio
 import soundfile as sf
 
 from audio.devices.room import synthetic_rir
-from audio.pcm import ASR_RATE, F32, resample
+from audio.pcm import ASR_RATE, F32
 from audio.runtime import Models, load_models
 from audio.settings import AudioSettings
 from tests.test_audio_listen import Run, silence, speak, start_run, write_wav
-from watus.bench.duplex import wer
+from watus.bench.duplex import espeak_wav
+from watus.bench.speech_workload import word_error_rate as wer
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng makes the second voice")]
@@ -57,12 +57,8 @@ async def models() -> AsyncIterator[Models]:
 
 def espeak(text: str, path: Path) -> F32:
     """The second voice: espeak-ng, at 16 kHz, written to `path` too."""
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us+f3", "-s", "150", "-w", str(raw), text], check=True)
-    audio, rate = sf.read(raw, dtype="float32")
-    clip = resample(audio.astype(np.float32), int(rate), ASR_RATE)
-    write_wav(path, clip)
-    return clip
+    audio, _ = sf.read(espeak_wav(text, path), dtype="float32")
+    return np.asarray(audio, np.float32)
 
 
 def rms_db(x: F32) -> float:

@@ -27,6 +27,7 @@ import soundfile as sf
 
 from tests.helpers import free_port, run_service
 from watus.agent.turnlog import STAGES
+from watus.bench.duplex import espeak_wav
 
 RATE = 16_000
 
@@ -135,17 +136,6 @@ def test_spoken_turn_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: 
     assert wer(rec["reply"], heard) <= 0.3, (rec["reply"], heard)
 
 
-def _espeak(text: str, path: Path) -> Path:
-    """A second voice (not piper's joe): espeak-ng, resampled to 16 kHz."""
-    from audio.pcm import resample
-
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us+f3", "-s", "150", "-w", str(raw), text], check=True)
-    audio, rate = sf.read(raw, dtype="float32")
-    sf.write(path, resample(audio.astype(np.float32), int(rate), RATE), RATE)
-    return path
-
-
 def _room(env: dict[str, str], talkers: list[tuple[Path, float]]) -> dict[str, str]:
     """The virtual room as the microphone: the talkers at their offsets, the robot's own echo at −6 dB."""
     return {**env, "WATUS_AUDIO_MIC_BACKEND": "room", "WATUS_AUDIO_ECHO_MODE": "aec",
@@ -166,7 +156,7 @@ def test_barge_in_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voi
     question = tmp_path / "question.wav"
     sf.write(question, np.concatenate([voice.say("Tell me a long story about a robot in a kitchen."),
                                        _silence(0.5)]), RATE)
-    stop = _espeak("Stop, please stop now.", tmp_path / "stop.wav")
+    stop = espeak_wav("Stop, please stop now.", tmp_path / "stop.wav")
     # In the room, the robot hears its own story (−6 dB echo, cancelled) and a second voice talking over it.
     env = _room(env, [(question, 2.0), (stop, 14.0)])
     _start_room(es, env, tmp_path)
@@ -202,7 +192,6 @@ def test_name_addressing_end_to_end(stack: tuple[ExitStack, dict[str, str]], voi
 def test_watus_listen_with_a_wav_microphone(llm_url: str, voice: Voice, tmp_path: Path) -> None:
     """`watus listen --mic-wav`: starts its own audio service, answers, stops after the turns asked."""
     import os
-    import subprocess
     import sys
 
     from tests.helpers import ROOT

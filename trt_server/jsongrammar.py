@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trt_server.jsonnumbers import Digits, number_expr
+from trt_server.schemas import resolve_pointer
 
 
 class UnsupportedSchemaError(ValueError):
@@ -215,15 +216,10 @@ class _Builder:
             return self.refs[ref]
         if ref in self.resolving:
             raise UnsupportedSchemaError("a recursive $ref")
-        node = self.root
-        for raw in [p for p in ref[2:].split("/") if p]:
-            part = raw.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise UnsupportedSchemaError(f"$ref {ref!r} does not resolve")
+        try:
+            node = resolve_pointer(self.root, ref)
+        except ValueError:
+            raise UnsupportedSchemaError(f"$ref {ref!r} does not resolve") from None
         self.resolving.add(ref)
         self.refs[ref] = self.new_rule("ref", self.value(node))
         self.resolving.discard(ref)

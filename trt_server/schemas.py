@@ -13,7 +13,8 @@ import jsonschema
 import jsonschema.exceptions
 
 
-def _resolve_pointer(root: Any, ref: str) -> None:
+def resolve_pointer(root: Any, ref: str) -> Any:
+    """The node a local `$ref` (`#/...`, JSON Pointer escapes) names in `root`; ValueError if none."""
     if not ref.startswith("#"):
         raise ValueError(f"$ref '{ref}' is not local to the schema (remote references are not fetched)")
     node = root
@@ -25,13 +26,14 @@ def _resolve_pointer(root: Any, ref: str) -> None:
             node = node[int(part)]
         else:
             raise ValueError(f"$ref '{ref}' does not resolve inside the schema")
+    return node
 
 
 def _walk_refs(root: Any, node: Any) -> None:
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str):
-            _resolve_pointer(root, ref)
+            resolve_pointer(root, ref)
         for value in node.values():
             _walk_refs(root, value)
     elif isinstance(node, list):

@@ -64,6 +64,7 @@ from watus.core.wire.audio import (
     TtsAudio,
     WakeWord,
 )
+from watus.core.words import words
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ class _Turn:
 
 def same_words(a: str, b: str) -> bool:
     """Whether two transcripts say the same (case, punctuation and spacing aside)."""
-    def words(s: str) -> list[str]:
-        return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in s).split()
     return words(a) == words(b)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -29,8 +30,8 @@ import numpy as np
 import typer
 
 from watus.bench import update_markdown_section
+from watus.bench.speech_workload import word_error_rate
 from watus.bench.stats import percentile
-from watus.core.words import words
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,6 @@ ROBOT_REPLY = (
     "When the evening came, it sang a quiet song and waited patiently for the next day to begin again.")
 PHRASES = ("Stop, please stop now.", "Wait a moment, I have a question.", "Excuse me, what is the time?",
            "Hold on, that is not what I asked.", "Sorry to interrupt, can you turn on the light?")
-
-
-def wer(ref: str, hyp: str) -> float:
-    r, h = words(ref), words(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(1, len(r))
 
 
 def espeak_wav(text: str, path: Path) -> Path:
@@ -168,7 +158,7 @@ async def run_duplex(modes: list[str], phrases: list[str], reply: str, work: Pat
                 talkers = (run["room"] or {}).get("talkers") or [{}]
                 onset = talkers[0].get("onset_ns")
                 stop = None if paused is None or onset is None else round((paused.t_ns - onset) / 1e6, 1)
-                res.barge_ins.append(BargeIn(phrase, text, round(wer(phrase, text or ""), 3), stop))
+                res.barge_ins.append(BargeIn(phrase, text, round(word_error_rate(phrase, text or ""), 3), stop))
                 log.info("%s: %r → %r (stop %s ms)", mode, phrase, text, stop)
             results.append(res)
     finally:
@@ -236,7 +226,7 @@ def duplex(
         except RuntimeError as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(1) from None
-    machine = f"{platform.machine()}, {platform.processor() or platform.platform()}, {_cores()} cores"
+    machine = f"{platform.machine()}, {platform.processor() or platform.platform()}, {os.cpu_count() or 1} cores"
     md = render_markdown(results, machine)
     console.print(md)
     if json_out is not None:
@@ -244,8 +234,3 @@ def duplex(
     if not no_report:
         update_markdown_section(report, "duplex", md)
 
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
