@@ -6,18 +6,57 @@ at once (`not_speech`), a transcript without real words resumes at once (`no_wor
 the agent's to act on (it stops the reply, or resumes it); whatever nobody decided resumes after
 `barge_in_resume_ms` (`timeout`). Speech-like means the VAD's normal threshold on an open gate, or the
 half-duplex gate's own level and probability while it is raised.
+
+With echo cancellation there is a faster rule (`sound`): AEC3 leaves ~-55 dBFS of the robot's own voice,
+so a few 10 ms frames of cancelled audio well above that (and above the residual's recent floor) are
+someone else's sound. That pauses 20-50 ms after a person's onset, where the VAD needs one or two whole
+32 ms frames and its context (60-150 ms, measured on the duplex bench's phrases); the sooner the robot is
+quiet, the less of the person's first words the canceller's double-talk handling damages. A pause by
+sound that the VAD does not confirm within `barge_in_confirm_ms` was a knock or a clatter: it resumes
+(`not_speech`). The rule is used only while the canceller is known to work (recent ERLE).
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from audio.pcm import ASR_RATE
+import numpy as np
+
+from audio.pcm import ASR_RATE, F32
 from audio.segmenter import Gate
 from audio.settings import AudioSettings
 from watus.core.words import real_words
+
+#: The echo canceller's frame (10 ms at 16 kHz), the unit of the sound rule.
+AEC_FRAME = ASR_RATE // 100
+#: The residual's floor is its quietest frame in this many 100 ms chunks (minimum statistics).
+FLOOR_CHUNKS = 15
+
+
+class ResidualFloor:
+    """The quietest 10 ms frame of the last ~1.5 s: noise and leftover echo, never a talker, whose syllables
+    have gaps; it follows a fan switched on within the window."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[float] = collections.deque(maxlen=FLOOR_CHUNKS)
+        self._current = math.inf
+        self._frames = 0
+
+    @property
+    def level(self) -> float:
+        """Over completed chunks only, so a sound that has just begun does not raise its own threshold."""
+        return min(self._chunks) if self._chunks else -math.inf
+
+    def add(self, level: float) -> None:
+        self._current = min(self._current, level)
+        self._frames += 1
+        if self._frames % 10 == 0:
+            self._chunks.append(self._current)
+            self._current = math.inf
 
 
 class PausableSpeaker(Protocol):
@@ -44,6 +83,10 @@ class PauseWatch:
         self._paused = False  # this watch paused the speaker (not someone else)
         self._resume_at = 0  # monotonic ns: resume a pause that nothing decided by then
         self._deciding: str | None = None  # the utterance whose transcript decides the pause
+        self._loud = 0  # consecutive loud frames of echo-cancelled audio
+        self._loud_start = 0
+        self._floor = ResidualFloor()
+        self._unconfirmed_until = 0  # monotonic ns: a pause by sound that the VAD has not confirmed yet
 
     def frame(self, prob: float, level: float, gate: Gate, floor: float | None, frame_start: int,
               in_speech: bool, captured_at: Callable[[int], int]) -> None:
@@ -59,6 +102,7 @@ class PauseWatch:
         if self._paused and not sp.paused:
             self._paused = False  # stopped (barge-in) or resumed by request
         if speechy:
+            self._unconfirmed_until = 0
             if self._run == 0:
                 self._run_start = frame_start
             self._run += 1
@@ -69,8 +113,34 @@ class PauseWatch:
                 self._resume_at = now + self._hold_ns
         else:
             self._run = 0
-        if self._paused and self._deciding is None and not in_speech and now >= self._resume_at:
+        if self._paused and self._unconfirmed_until and not in_speech and now >= self._unconfirmed_until:
+            self.resume("not_speech")
+        elif self._paused and self._deciding is None and not in_speech and now >= self._resume_at:
             self.resume("timeout")
+
+    def sound(self, cancelled: F32, first_pos: int, erle_db: float | None, captured_at: Callable[[int], int]) -> None:
+        """Echo-cancelled audio starting at stream position `first_pos` (whole 10 ms frames): pause on sound."""
+        s, sp = self._s, self._speaker
+        if self._needed == 0 or s.barge_in_aec_frames == 0:
+            return
+        trusted = erle_db is not None and erle_db >= s.barge_in_aec_min_erle_db
+        for i in range(0, len(cancelled) - AEC_FRAME + 1, AEC_FRAME):
+            f = cancelled[i:i + AEC_FRAME]
+            level = 10 * math.log10(float(np.dot(f, f)) / AEC_FRAME + 1e-12)
+            loud = level >= max(s.barge_in_aec_dbfs, self._floor.level + s.barge_in_aec_margin_db)
+            self._floor.add(level)
+            if not loud:
+                self._loud = 0
+                continue
+            if self._loud == 0:
+                self._loud_start = first_pos + i
+            self._loud += 1
+            if (trusted and not self._paused and self._loud >= s.barge_in_aec_frames and sp.audible()
+                    and sp.pause(captured_at(self._loud_start))):
+                now = time.monotonic_ns()
+                self._paused, self._deciding = True, None
+                self._resume_at = now + self._hold_ns
+                self._unconfirmed_until = now + s.barge_in_confirm_ms * 1_000_000
 
     def dropped(self) -> None:
         """The speech was too short to be an utterance."""
@@ -93,5 +163,5 @@ class PauseWatch:
 
     def resume(self, reason: str, text: str | None = None) -> None:
         if self._paused:
-            self._paused, self._deciding = False, None
+            self._paused, self._deciding, self._unconfirmed_until = False, None, 0
             self._speaker.resume(reason, text)

@@ -20,6 +20,7 @@ resumes the speculative job is cancelled or ignored. The audio handed to ASR is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -211,9 +212,12 @@ class Listener:
         if self._echo is not None:
             samples = self._echo.process(samples, t_ns, near_speech=self._seg.in_speech)
             t_ns -= int(self._echo.carry * 1e9 / ASR_RATE)  # the carried samples come out with the next block
+        first_pos = self._seg.position + len(self._buf)
         self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples
         self._clock_pos = self._seg.position + len(self._buf)
         self._clock_ns = t_ns
+        if self._echo is not None and self._pauses is not None and len(samples):
+            self._pauses.sound(samples, first_pos, self._echo.stats.erle_recent_db, self._at)
         if self._wake is not None and len(samples):
             self._listen_for_wake(samples)
         if len(samples):
@@ -318,7 +322,7 @@ class Listener:
 
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
-        spec = _Speculation(self._asr.submit(ev.audio, self._options, source="mic"), ev.end)
+        spec = _Speculation(self._asr.submit(ev.audio, self._utterance_options(), source="mic"), ev.end)
         self._spec = spec
         utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
 
@@ -332,6 +336,13 @@ class Listener:
                 speech_end_captured_ns=captured, asr_ms=round(t.asr_ms, 1)))
 
         spec.future.add_done_callback(done)
+
+    def _utterance_options(self) -> TranscribeOptions:
+        """An utterance begun over the robot is transcribed with the wider beam (`asr_barge_in_beam_size`)."""
+        beam = self._settings.asr_barge_in_beam_size
+        if self._barge_in and beam > self._options.beam_size:
+            return dataclasses.replace(self._options, beam_size=beam)
+        return self._options
 
     def _cancel_speculation(self) -> None:
         if self._spec is not None:
@@ -364,7 +375,7 @@ class Listener:
         else:
             if spec is not None:
                 spec.future.cancel()
-            future, speculative = self._asr.submit(ev.audio, self._options, source="mic"), False
+            future, speculative = self._asr.submit(ev.audio, self._utterance_options(), source="mic"), False
         if self._pauses is not None:
             self._pauses.utterance_ended(turn)  # its transcript decides: no words → resume; words → the agent
         start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE

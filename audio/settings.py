@@ -114,6 +114,10 @@ class AudioSettings(WatusSettings):
                                      "utterance (multilingual models only).")
     asr_hotwords: str | None = Field("Watus", description="Words to favour, e.g. the robot's name; empty: none.")
     asr_beam_size: int = Field(1, ge=1, le=10, description="Beam size (1 = greedy, fastest).")
+    asr_barge_in_beam_size: int = Field(5, ge=1, le=10, description="Beam size for an utterance that began while "
+                                        "the robot talked: its first words carry the echo canceller's "
+                                        "double-talk damage and decide the interruption (the robot is already "
+                                        "paused); tiny.en greedy lost words of 1 in 5 such phrases, beam 5 none.")
     asr_speculative: bool = Field(
         True, description="Start transcribing at the first pause of a live utterance, so that the transcript "
         "is (nearly) ready when end of speech is declared; discarded if speech resumes.",
@@ -207,6 +211,18 @@ class AudioSettings(WatusSettings):
                                           "this loud relative to what the speaker played in the last 300 ms "
                                           "(its echo is quieter).")
     barge_in_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed to barge in.")
+    barge_in_aec_dbfs: float = Field(-45.0, ge=-100, le=0, description="`aec`: a 10 ms frame of echo-cancelled "
+                                      "audio this loud (RMS dBFS), or `barge_in_aec_margin_db` above the residual's "
+                                      "floor if that is higher, is someone's sound over the robot: it pauses "
+                                      "playback before the VAD has a whole frame (AEC3 leaves ~-55 dBFS of echo).")
+    barge_in_aec_margin_db: float = Field(15.0, ge=0, le=60, description="`aec`: how far above the echo-cancelled "
+                                          "residual's recent floor (noise, leftover echo) a frame must be.")
+    barge_in_aec_frames: int = Field(2, ge=0, le=50, description="`aec`: consecutive loud 10 ms frames that pause "
+                                     "playback; 0: only the VAD pauses.")
+    barge_in_aec_min_erle_db: float = Field(20.0, ge=0, le=100, description="`aec`: the level rule is trusted only "
+                                            "while the canceller removes at least this much echo (recent ERLE).")
+    barge_in_confirm_ms: int = Field(400, ge=50, le=5000, description="A pause made by sound (the level rule) "
+                                     "that the VAD does not confirm as speech this soon resumes (`not_speech`).")
     echo_tail_ms: int = Field(250, ge=0, le=5000, description="Half duplex: the gates stay raised this long after "
                               "playback ends (room reverberation).")
     wake_word: str | None = Field(None, description="Wake word run on the microphone stream (`wake_word` "
@@ -245,8 +261,10 @@ class AudioSettings(WatusSettings):
     mic_loop: bool = Field(False, description="Start `mic_file` again at its end.")
     mic_gap_s: float = Field(1.0, ge=0, le=60, description="Silence between files of a `mic_file` folder "
                              "and after the last one.")
-    mic_block_ms: int = Field(32, ge=5, le=500, description="Capture block length.")
-    mic_queue_blocks: int = Field(200, ge=4, le=100_000, description="Blocks buffered between the capture "
+    mic_block_ms: int = Field(10, ge=5, le=500, description="Capture block length: 10 ms, the echo canceller's "
+                              "frame, so speech over the robot is seen within ~10 ms of its capture (32 ms blocks "
+                              "added ~20 ms to the time to pause, measured by `watus bench duplex`).")
+    mic_queue_blocks: int = Field(600, ge=4, le=100_000, description="Blocks buffered between the capture "
                                   "callback and the VAD; beyond that frames are dropped and counted.")
     mic_retry_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reopening a "
                                        "failed microphone (doubles each time).")

@@ -189,6 +189,25 @@ def test_name_addressing_end_to_end(stack: tuple[ExitStack, dict[str, str]], voi
     assert 'watus_ignored_speech_total{reason="not_addressed"} 1.0' in metrics, metrics[-2000:]
 
 
+def test_wake_word_addressing_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voice,
+                                        tmp_path: Path) -> None:
+    """Wake mode through all processes: a question before the wake word is ignored; "Alexa." (piper's voice
+    fires the model on every rendition, docs/wakeword.md) opens the window, and the question after it is
+    the turn, with no name in it."""
+    es, env = stack
+    clips = []
+    for i, text in enumerate(["What time is it?", "Alexa.", "What do you see?"]):
+        clips.append(tmp_path / f"w{i}.wav")
+        sf.write(clips[-1], np.concatenate([voice.say(text), _silence(0.3)]), RATE)
+    env = _room({**env, "WATUS_AGENT_ADDRESSING": "wake", "WATUS_AGENT_CONVERSATION_WINDOW_S": "120",
+                 "WATUS_AUDIO_WAKE_WORD": "alexa"}, [(clips[0], 2.0), (clips[1], 7.0), (clips[2], 9.0)])
+    _start_room(es, env, tmp_path)
+    (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=120)
+    assert "see" in rec["transcript"].lower() and rec["addressed"] == "wake", rec
+    metrics = httpx.get(f"http://127.0.0.1:{env['WATUS_AGENT_PORT']}/metrics", timeout=10).text
+    assert 'watus_ignored_speech_total{reason="not_addressed"} 1.0' in metrics, metrics[-2000:]
+
+
 def test_watus_listen_with_a_wav_microphone(llm_url: str, voice: Voice, tmp_path: Path) -> None:
     """`watus listen --mic-wav`: starts its own audio service, answers, stops after the turns asked."""
     import os
