@@ -109,6 +109,7 @@ class EchoCanceller:
         self._decay = math.exp(-FRAME / ASR_RATE / RECENT_S)
         self._far_min = (10 ** (FAR_ACTIVE_DBFS / 20)) ** 2 * FRAME
         self.stats = EchoStats("aec", requested, delay_hint_ms=delay_ms, noise_suppression=noise_suppression)
+        self.last_far = np.zeros(0, np.float32)  # the reference of the last `process` output, sample for sample
 
     @property
     def carry(self) -> int:
@@ -129,6 +130,7 @@ class EchoCanceller:
         t_cpu = time.thread_time()
         first_ns = end_ns - int((len(buf) - 1) * 1e9 / ASR_RATE)  # capture time of buf[0]
         far = self._far.read(first_ns, n)
+        self.last_far = far
         out = np.empty(n, np.float32)
         for i in range(0, n, FRAME):
             near_f, far_f = buf[i:i + FRAME], far[i:i + FRAME]

@@ -7,13 +7,15 @@ the agent's to act on (it stops the reply, or resumes it); whatever nobody decid
 `barge_in_resume_ms` (`timeout`). Speech-like means the VAD's normal threshold on an open gate, or the
 half-duplex gate's own level and probability while it is raised.
 
-With echo cancellation there is a faster rule (`sound`): AEC3 leaves ~-55 dBFS of the robot's own voice,
-so a few 10 ms frames of cancelled audio well above that (and above the residual's recent floor) are
+With echo cancellation there is a faster rule (`sound`): AEC3 leaves -70 to -95 dBFS of the robot's own
+voice, so a few 10 ms frames of cancelled audio well above that (and above the residual's recent floor) are
 someone else's sound. That pauses 20-50 ms after a person's onset, where the VAD needs one or two whole
 32 ms frames and its context (60-150 ms, measured on the duplex bench's phrases); the sooner the robot is
 quiet, the less of the person's first words the canceller's double-talk handling damages. A pause by
 sound that the VAD does not confirm within `barge_in_confirm_ms` was a knock or a clatter: it resumes
-(`not_speech`). The rule is used only while the canceller is known to work (recent ERLE).
+(`not_speech`). The rule is used only while the canceller is known to work (recent ERLE), and not in
+the first 60 ms after the robot starts speaking again from silence, where AEC3 lets a little of its first
+word through (-45 dBFS for 20-40 ms at a sentence start in the room).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from watus.core.words import real_words
 
 #: The echo canceller's frame (10 ms at 16 kHz), the unit of the sound rule.
 AEC_FRAME = ASR_RATE // 100
+#: The speaker's output counts as playing above this power (-60 dBFS RMS).
+FAR_ACTIVE_POWER = 1e-6
+#: After this many silent 10 ms frames of output, its next `FAR_ONSET_FRAMES` are not trusted: AEC3 lets
+#: up to ~40 ms of the robot's first word through at -45 dBFS when it starts after digital silence
+#: (measured in the room: one leak per sentence start, never longer).
+FAR_QUIET_FRAMES = 3
+FAR_ONSET_FRAMES = 6
 #: The residual's floor is its quietest frame in this many 100 ms chunks (minimum statistics).
 FLOOR_CHUNKS = 15
 
@@ -86,6 +95,8 @@ class PauseWatch:
         self._loud = 0  # consecutive loud frames of echo-cancelled audio
         self._loud_start = 0
         self._floor = ResidualFloor()
+        self._far_quiet = FAR_QUIET_FRAMES  # consecutive silent frames of the speaker's output
+        self._far_onset_left = 0  # frames still ignored after the speaker started again
         self._unconfirmed_until = 0  # monotonic ns: a pause by sound that the VAD has not confirmed yet
 
     def frame(self, prob: float, level: float, gate: Gate, floor: float | None, frame_start: int,
@@ -118,8 +129,10 @@ class PauseWatch:
         elif self._paused and self._deciding is None and not in_speech and now >= self._resume_at:
             self.resume("timeout")
 
-    def sound(self, cancelled: F32, first_pos: int, erle_db: float | None, captured_at: Callable[[int], int]) -> None:
-        """Echo-cancelled audio starting at stream position `first_pos` (whole 10 ms frames): pause on sound."""
+    def sound(self, cancelled: F32, far: F32, first_pos: int, erle_db: float | None,
+              captured_at: Callable[[int], int]) -> None:
+        """Echo-cancelled audio starting at stream position `first_pos` (whole 10 ms frames) and the speaker's
+        output it was cancelled against (`far`, the same samples): pause on sound."""
         s, sp = self._s, self._speaker
         if self._needed == 0 or s.barge_in_aec_frames == 0:
             return
@@ -129,6 +142,8 @@ class PauseWatch:
             level = 10 * math.log10(float(np.dot(f, f)) / AEC_FRAME + 1e-12)
             loud = level >= max(s.barge_in_aec_dbfs, self._floor.level + s.barge_in_aec_margin_db)
             self._floor.add(level)
+            if self._far_onset(far[i:i + AEC_FRAME]):
+                loud = False  # AEC3 leaks a little of the first words after the robot was silent
             if not loud:
                 self._loud = 0
                 continue
@@ -141,6 +156,20 @@ class PauseWatch:
                 self._paused, self._deciding = True, None
                 self._resume_at = now + self._hold_ns
                 self._unconfirmed_until = now + s.barge_in_confirm_ms * 1_000_000
+
+    def _far_onset(self, far: F32) -> bool:
+        """Is this frame within `FAR_ONSET_FRAMES` of the speaker starting again after a silence?"""
+        active = len(far) > 0 and float(np.dot(far, far)) / len(far) > FAR_ACTIVE_POWER
+        if not active:
+            self._far_quiet += 1
+            return False
+        if self._far_quiet >= FAR_QUIET_FRAMES:
+            self._far_onset_left = FAR_ONSET_FRAMES
+        self._far_quiet = 0
+        if self._far_onset_left > 0:
+            self._far_onset_left -= 1
+            return True
+        return False
 
     def dropped(self) -> None:
         """The speech was too short to be an utterance."""

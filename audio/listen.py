@@ -217,7 +217,7 @@ class Listener:
         self._clock_pos = self._seg.position + len(self._buf)
         self._clock_ns = t_ns
         if self._echo is not None and self._pauses is not None and len(samples):
-            self._pauses.sound(samples, first_pos, self._echo.stats.erle_recent_db, self._at)
+            self._pauses.sound(samples, self._echo.last_far, first_pos, self._echo.stats.erle_recent_db, self._at)
         if self._wake is not None and len(samples):
             self._listen_for_wake(samples)
         if len(samples):

@@ -211,10 +211,11 @@ class AudioSettings(WatusSettings):
                                           "this loud relative to what the speaker played in the last 300 ms "
                                           "(its echo is quieter).")
     barge_in_min_speech_ms: int = Field(200, ge=0, le=5000, description="Speech needed to barge in.")
-    barge_in_aec_dbfs: float = Field(-45.0, ge=-100, le=0, description="`aec`: a 10 ms frame of echo-cancelled "
+    barge_in_aec_dbfs: float = Field(-55.0, ge=-100, le=0, description="`aec`: a 10 ms frame of echo-cancelled "
                                       "audio this loud (RMS dBFS), or `barge_in_aec_margin_db` above the residual's "
                                       "floor if that is higher, is someone's sound over the robot: it pauses "
-                                      "playback before the VAD has a whole frame (AEC3 leaves ~-55 dBFS of echo).")
+                                      "playback before the VAD has a whole frame (AEC3 leaves -70 to -95 dBFS of "
+                                      "a -6 dB echo in the room, apart from sentence starts, which are not judged).")
     barge_in_aec_margin_db: float = Field(15.0, ge=0, le=60, description="`aec`: how far above the echo-cancelled "
                                           "residual's recent floor (noise, leftover echo) a frame must be.")
     barge_in_aec_frames: int = Field(2, ge=0, le=50, description="`aec`: consecutive loud 10 ms frames that pause "

@@ -128,10 +128,13 @@ async def test_a_barge_in_pauses_the_robot_at_once_and_keeps_every_word(models: 
 async def test_a_person_10_db_quieter_than_the_echo_still_barges_in(models: Models, tmp_path: Path) -> None:
     # The echo's level: the robot's voice through the room's −6 dB path.
     echo = np.convolve(speak(models, FIVE_SENTENCES[:200]), synthetic_rir(40, -6, 120))
-    person = espeak(PHRASES[0], tmp_path / "probe.wav")
-    gain = rms_db(echo) - 10 - rms_db(person)
-    text, _, _ = await _barge_in(models, tmp_path, PHRASES[0], gain)
-    assert wer(PHRASES[0], text) <= 0.25, text
+    errors, texts = [], []
+    for phrase in PHRASES:
+        person = espeak(phrase, tmp_path / "probe.wav")
+        text, _, _ = await _barge_in(models, tmp_path, phrase, rms_db(echo) - 10 - rms_db(person))
+        errors.append(wer(phrase, text))
+        texts.append(text)
+    assert float(np.mean(errors)) <= 0.15, list(zip(texts, errors, strict=True))
 
 
 async def test_a_cough_pauses_the_reply_and_it_resumes_where_it_was(models: Models, tmp_path: Path) -> None:

@@ -57,51 +57,61 @@ def at(pos: int) -> int:
     return pos * 1_000_000 // 16
 
 
+PLAYING = tone(-20, 400, seed=9)  # the speaker's output, long since playing
+
+
 def watch(speaker: Speaker, **kw: object) -> PauseWatch:
-    return PauseWatch(AudioSettings(mic_backend="none", speaker_backend="null", **kw), speaker, 512)
+    w = PauseWatch(AudioSettings(mic_backend="none", speaker_backend="null", **kw), speaker, 512)
+    w.sound(tone(-90, 10), PLAYING[:10 * AEC_FRAME], 0, None, at)  # the speaker has been playing a while
+    return w
+
+
+def hear(w: PauseWatch, cancelled: np.ndarray, pos: int, erle: float | None,
+         far: np.ndarray | None = None) -> None:
+    w.sound(cancelled, PLAYING[:len(cancelled)] if far is None else far, pos, erle, at)
 
 
 def test_two_loud_frames_over_the_residual_pause_at_the_first_ones_capture_time() -> None:
     sp = Speaker()
     w = watch(sp)
-    w.sound(tone(-70, 30), 0, 60.0, at)  # the canceller's leftover echo: nothing
+    hear(w, tone(-70, 30), 0, 60.0)  # the canceller's leftover echo: nothing
     assert sp.paused_at == []
-    w.sound(np.concatenate([tone(-70, 1), tone(-30, 1)]), 30 * AEC_FRAME, 60.0, at)  # one loud frame: not yet
+    hear(w, np.concatenate([tone(-70, 1), tone(-30, 1)]), 30 * AEC_FRAME, 60.0)  # one loud frame: not yet
     assert sp.paused_at == []
-    w.sound(tone(-30, 1, seed=1), 32 * AEC_FRAME, 60.0, at)
+    hear(w, tone(-30, 1, seed=1), 32 * AEC_FRAME, 60.0)
     assert sp.paused_at == [at(31 * AEC_FRAME)]  # the first loud frame's capture
 
 
 def test_the_rule_needs_a_working_canceller_and_a_playing_speaker() -> None:
     for erle in (None, 5.0):
         sp = Speaker()
-        watch(sp).sound(tone(-20, 10), 0, erle, at)
+        hear(watch(sp), tone(-20, 10), 0, erle)
         assert sp.paused_at == [], erle
     quiet = Speaker(audible=False)
-    watch(quiet).sound(tone(-20, 10), 0, 60.0, at)
+    hear(watch(quiet), tone(-20, 10), 0, 60.0)
     assert quiet.paused_at == []
     off = Speaker()
-    watch(off, barge_in_aec_frames=0).sound(tone(-20, 10), 0, 60.0, at)
+    hear(watch(off, barge_in_aec_frames=0), tone(-20, 10), 0, 60.0)
     assert off.paused_at == []
 
 
 def test_steady_noise_lifts_the_threshold_a_talker_above_it_still_pauses() -> None:
     sp = Speaker(audible=False)
     w = watch(sp)
-    w.sound(tone(-40, 100), 0, 60.0, at)  # a fan at -40 dBFS before the robot talks
+    hear(w, tone(-40, 200), 0, 60.0)  # a fan at -40 dBFS before the robot talks (longer than the window)
     sp.playing = True
-    w.sound(tone(-40, 100, seed=1), 100 * AEC_FRAME, 60.0, at)  # above -45, but it is the floor
+    hear(w, tone(-40, 100, seed=1), 200 * AEC_FRAME, 60.0)  # above -45, but it is the floor
     assert sp.paused_at == []
-    w.sound(tone(-32, 5, seed=2), 200 * AEC_FRAME, 60.0, at)  # 8 dB over the floor: less than the margin
+    hear(w, tone(-32, 5, seed=2), 300 * AEC_FRAME, 60.0)  # 8 dB over the floor: less than the margin
     assert sp.paused_at == []
-    w.sound(tone(-15, 5, seed=3), 205 * AEC_FRAME, 60.0, at)
+    hear(w, tone(-15, 5, seed=3), 305 * AEC_FRAME, 60.0)
     assert len(sp.paused_at) == 1
 
 
 def test_a_pause_by_sound_the_vad_does_not_confirm_resumes_and_one_it_confirms_waits() -> None:
     sp = Speaker()
     w = watch(sp, barge_in_confirm_ms=50)
-    w.sound(tone(-20, 3), 0, 60.0, at)
+    hear(w, tone(-20, 3), 0, 60.0)
     assert len(sp.paused_at) == 1
     time.sleep(0.07)
     w.frame(0.05, 0.0, Gate.open, None, 0, False, at)  # a knock: the VAD heard no speech
@@ -109,11 +119,21 @@ def test_a_pause_by_sound_the_vad_does_not_confirm_resumes_and_one_it_confirms_w
 
     sp2 = Speaker()
     w2 = watch(sp2, barge_in_confirm_ms=50)
-    w2.sound(tone(-20, 3), 0, 60.0, at)
+    hear(w2, tone(-20, 3), 0, 60.0)
     w2.frame(0.95, 0.0, Gate.open, None, 0, False, at)  # speech: the transcript decides now
     time.sleep(0.07)
     w2.frame(0.05, 0.0, Gate.open, None, 512, True, at)
     assert sp2.resumed == []
+
+
+def test_the_first_frames_after_the_speaker_was_silent_do_not_count() -> None:
+    sp = Speaker()
+    w = watch(sp)
+    hear(w, tone(-90, 5), 0, 60.0, far=np.zeros(5 * AEC_FRAME, np.float32))  # between two sentences
+    hear(w, tone(-40, 6), 5 * AEC_FRAME, 60.0)  # AEC3's leak of the next sentence's first 60 ms
+    assert sp.paused_at == []
+    hear(w, tone(-40, 2, seed=4), 11 * AEC_FRAME, 60.0)
+    assert sp.paused_at == [at(11 * AEC_FRAME)]
 
 
 def test_the_floor_is_the_quietest_recent_frame() -> None:
