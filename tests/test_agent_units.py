@@ -164,11 +164,32 @@ async def test_memory_keeps_last_turns() -> None:
     deps = TurnDeps(vision=None, view=None, language="en")
     for _ in range(4):
         assert await _collect(agent, session, "Hello", deps) == "Okay."
-    # Each turn is a request and a response; at most 2 past turns (4 messages) are sent.
-    assert seen == [1, 3, 5, 5]
+    # Each turn is a request and a response; at most 2 past turns (4 messages) are sent, and when a third
+    # would be kept the older half goes (one turn left).
+    assert seen == [1, 3, 5, 3]
     session.clear()
     await _collect(agent, session, "Hello", deps)
     assert seen[-1] == 1
+
+
+async def test_memory_keeps_the_prompt_prefix_between_drops() -> None:
+    """What the LLM server can reuse: each request starts with the previous one (plus its answer), except
+    right after the memory dropped its older half; sliding one turn at a time would break it every turn."""
+    sent: list[list[str]] = []
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> Any:
+        sent.append([str(getattr(part, "content", "")) for m in messages for part in m.parts])
+        yield f"Answer {len(sent)}."
+
+    agent = build_agent(AgentSettings(), FunctionModel(stream_function=stream))
+    session = Session("s", max_turns=6)
+    deps = TurnDeps(vision=None, view=None, language="en")
+    for i in range(12):
+        await _collect(agent, session, f"Question {i}", deps)
+    kept = [sum(1 for p in req if p.startswith("Question")) - 1 for req in sent]  # past turns in each request
+    assert kept == [0, 1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 3]
+    broken = [i for i in range(1, len(sent)) if sent[i][:len(sent[i - 1])] != sent[i - 1]]
+    assert broken == [7, 11]  # the prefix was reused by 9 of 11 follow-up requests
 
 
 async def test_tool_path_counts_from_the_scene() -> None:

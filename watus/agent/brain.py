@@ -103,7 +103,13 @@ def build_agent(settings: AgentSettings, model: Model | None = None) -> Agent[Tu
 
 
 class Session:
-    """Conversation memory: the messages of the last `max_turns` turns."""
+    """Conversation memory: the messages of at most the last `max_turns` turns.
+
+    When it is full the older half goes at once, not one turn per turn: a history that slides by a turn
+    changes from its first message on every turn, so the LLM server re-evaluates all of it (its cached
+    prompt prefix ends at the system prompt); dropped in halves, the prefix stays valid for
+    `max_turns // 2` turns between drops and only the new turn's tokens are prefilled.
+    """
 
     def __init__(self, session_id: str, max_turns: int) -> None:
         self.id = session_id
@@ -112,11 +118,12 @@ class Session:
 
     @property
     def history(self) -> list[ModelMessage]:
-        return [m for turn in self._turns[-self._max:] for m in turn] if self._max else []
+        return [m for turn in self._turns for m in turn] if self._max else []
 
     def add_turn(self, messages: list[ModelMessage]) -> None:
         self._turns.append(messages)
-        del self._turns[: max(0, len(self._turns) - self._max)]
+        if len(self._turns) > self._max:
+            del self._turns[: len(self._turns) - self._max // 2]
 
     def clear(self) -> None:
         self._turns.clear()

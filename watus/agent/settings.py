@@ -74,7 +74,9 @@ class AgentSettings(WatusSettings):
     preemptive: bool = Field(False, description="Start the reply from the speculative transcript at the first "
                              "pause, its audio held until the final transcript confirms the text (then it plays at "
                              "once) or thrown away (the person went on, or said something else).")
-    memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session.")
+    memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session: "
+                              "when full, the older half is forgotten at once, so the LLM server's cached prompt "
+                              "prefix stays valid between drops.")
     max_tokens: int = Field(160, ge=8, le=4096, description="Longest reply, in tokens.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")
     frequency_penalty: float = Field(0.5, ge=-2.0, le=2.0, description="Penalty on repeated tokens: keeps a small "
