@@ -2,7 +2,8 @@
 
 Flags override the `WATUS_AUDIO_*` settings. Models are located before anything starts: one that
 cannot be found ends the process with a one-line error saying what to install or set, and status 2,
-never a traceback. A microphone that is missing is not fatal (it is retried and shown in /health).
+never a traceback; so does an address off loopback without an API key (`watus.core.security`). A
+microphone that is missing is not fatal (it is retried and shown in /health).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from audio.settings import AudioSettings, MicBackend, SpeakerBackend, TtsEngineKind, VadEngineKind
 from watus.core.logs import setup_logging
+from watus.core.security import check_bind
 from watus.core.serve import serve
 
 log = logging.getLogger("audio")
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audio: invalid settings:\n{e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    if not check_bind("audio", settings, settings.host, settings.port):
+        return 2
     problem = _check_models(settings)
     if problem is not None:
         log.error("%s", problem)

@@ -3,7 +3,8 @@
 Models load in a background task so `/health` answers (503 "loading") from the first second; the
 `/v1/*` routes answer 503 until they are ready. A load failure is logged with what to do, reported by
 `/health`, and passed to `on_load_failure` so the entry point can exit non-zero. Tests may hand in
-preloaded models, a microphone factory or a speaker (the hardware edge); nothing else differs.
+preloaded models, a microphone factory or a speaker (the hardware edge); nothing else differs. The API
+key and the body limits are `watus.core.security`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from audio.asr.base import AsrError
 from audio.devices import SourceFactory
 from audio.devices.base import AudioSink, DeviceError
-from audio.errors import BodyLimit, NotReadyError, install_error_handlers
+from audio.errors import NotReadyError, PayloadTooLargeError, install_error_handlers
 from audio.events import EventBus
 from audio.metrics import AudioMetrics
 from audio.protocol import SayRequest, SayResponse, SpeechRequest, StopResponse
@@ -31,7 +32,9 @@ from audio.settings import AudioSettings
 from audio.tts.base import TtsError
 from audio.turn_model import TurnModelError
 from watus.core import metrics as m
+from watus.core.bodylimit import Limit
 from watus.core.memwatch import SwapWatch
+from watus.core.security import install_security
 from watus.core.timing import TURN_HEADER, clean_turn_id
 from watus.core.wire.audio import ReleaseRequest, ReleaseResponse, ResumeResponse, StatusEvent
 
@@ -122,7 +125,10 @@ def create_app(settings: AudioSettings | None = None, *, models: Models | None =
     app.state.registry = m.new_registry()
     app.state.metrics = AudioMetrics(app.state.registry)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limits={"/v1/audio/transcriptions": settings.max_upload_bytes + 64 * 1024})
+    # The upload's own limit, plus room for the form around the file; every other body has max_body_bytes.
+    install_security(app, settings, paths={"/v1/audio/transcriptions": Limit(
+        settings.max_upload_bytes + 64 * 1024, "WATUS_AUDIO_MAX_UPLOAD_BYTES, plus form framing",
+        code=PayloadTooLargeError.code or "file_too_large", param="file")})
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(

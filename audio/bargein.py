@@ -97,7 +97,9 @@ class PauseWatch:
         self._floor = ResidualFloor()
         self._far_quiet = FAR_QUIET_FRAMES  # consecutive silent frames of the speaker's output
         self._far_onset_left = 0  # frames still ignored after the speaker started again
-        self._unconfirmed_until = 0  # monotonic ns: a pause by sound that the VAD has not confirmed yet
+        # Stream position by which the VAD must confirm a pause by sound (0: none pending). Positions, not
+        # the clock: a listener running late on a busy machine must not resume a pause the VAD confirms.
+        self._confirm_by = 0
 
     def frame(self, prob: float, level: float, gate: Gate, floor: float | None, frame_start: int,
               in_speech: bool, captured_at: Callable[[int], int]) -> None:
@@ -113,7 +115,7 @@ class PauseWatch:
         if self._paused and not sp.paused:
             self._paused = False  # stopped (barge-in) or resumed by request
         if speechy:
-            self._unconfirmed_until = 0
+            self._confirm_by = 0
             if self._run == 0:
                 self._run_start = frame_start
             self._run += 1
@@ -124,7 +126,7 @@ class PauseWatch:
                 self._resume_at = now + self._hold_ns
         else:
             self._run = 0
-        if self._paused and self._unconfirmed_until and not in_speech and now >= self._unconfirmed_until:
+        if self._paused and self._confirm_by and not in_speech and frame_start >= self._confirm_by:
             self.resume("not_speech")
         elif self._paused and self._deciding is None and not in_speech and now >= self._resume_at:
             self.resume("timeout")
@@ -155,7 +157,7 @@ class PauseWatch:
                 now = time.monotonic_ns()
                 self._paused, self._deciding = True, None
                 self._resume_at = now + self._hold_ns
-                self._unconfirmed_until = now + s.barge_in_confirm_ms * 1_000_000
+                self._confirm_by = self._loud_start + s.barge_in_confirm_ms * ASR_RATE // 1000
 
     def _far_onset(self, far: F32) -> bool:
         """Is this frame within `FAR_ONSET_FRAMES` of the speaker starting again after a silence?"""
@@ -192,5 +194,5 @@ class PauseWatch:
 
     def resume(self, reason: str, text: str | None = None) -> None:
         if self._paused:
-            self._paused, self._deciding, self._unconfirmed_until = False, None, 0
+            self._paused, self._deciding, self._confirm_by = False, None, 0
             self._speaker.resume(reason, text)

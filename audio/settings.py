@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from watus.core.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, ServiceSettings
 
 
 def default_cache_dir() -> Path:
@@ -82,7 +82,7 @@ class TurnEndKind(str, enum.Enum):
     model = "model"  # the Smart Turn model at the first pause; the silence tail when it is unsure
 
 
-class AudioSettings(WatusSettings):
+class AudioSettings(ServiceSettings):
     """Everything the audio process reads from the environment (prefix `WATUS_AUDIO_`)."""
 
     model_config = SettingsConfigDict(env_prefix="WATUS_AUDIO_")

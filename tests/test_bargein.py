@@ -4,8 +4,6 @@ as a sentence of context (no models needed)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from audio.asr.base import TranscribeOptions
@@ -110,19 +108,20 @@ def test_steady_noise_lifts_the_threshold_a_talker_above_it_still_pauses() -> No
 
 def test_a_pause_by_sound_the_vad_does_not_confirm_resumes_and_one_it_confirms_waits() -> None:
     sp = Speaker()
-    w = watch(sp, barge_in_confirm_ms=50)
+    w = watch(sp, barge_in_confirm_ms=50)  # 800 samples of stream
     hear(w, tone(-20, 3), 0, 60.0)
     assert len(sp.paused_at) == 1
-    time.sleep(0.07)
-    w.frame(0.05, 0.0, Gate.open, None, 0, False, at)  # a knock: the VAD heard no speech
+    w.frame(0.05, 0.0, Gate.open, None, 0, False, at)  # a knock: the VAD heard no speech ...
+    assert sp.resumed == []
+    w.frame(0.05, 0.0, Gate.open, None, 1024, False, at)  # ... by 50 ms of stream later
     assert sp.resumed == ["not_speech"]
 
     sp2 = Speaker()
     w2 = watch(sp2, barge_in_confirm_ms=50)
     hear(w2, tone(-20, 3), 0, 60.0)
     w2.frame(0.95, 0.0, Gate.open, None, 0, False, at)  # speech: the transcript decides now
-    time.sleep(0.07)
-    w2.frame(0.05, 0.0, Gate.open, None, 512, True, at)
+    w2.frame(0.05, 0.0, Gate.open, None, 1024, True, at)
+    w2.frame(0.05, 0.0, Gate.open, None, 2048, False, at)
     assert sp2.resumed == []
 
 

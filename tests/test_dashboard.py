@@ -26,8 +26,8 @@ import soundfile as sf
 
 from tests.helpers import ROOT, free_port
 from watus.agent.app import create_app
-from watus.agent.dashboard import is_loopback, resolve_key
 from watus.agent.settings import AgentSettings
+from watus.core.security import is_loopback
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RATE = 16_000
@@ -48,21 +48,17 @@ def _say(text: str) -> np.ndarray:
 # --- the key, without processes ---------------------------------------------------------------------------
 
 
-def test_the_key_is_needed_only_off_loopback() -> None:
+def test_loopback_addresses() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7")
-    assert resolve_key(None, "127.0.0.1") is None
-    generated = resolve_key(None, "0.0.0.0")
-    assert generated is not None and len(generated) >= 20 and generated != resolve_key(None, "0.0.0.0")
-    assert resolve_key("mine", "0.0.0.0") == "mine" and resolve_key("mine", "127.0.0.1") == "mine"
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7") and not is_loopback("")
 
 
-async def test_off_loopback_every_endpoint_but_health_needs_the_key() -> None:
+async def test_with_a_key_every_endpoint_but_health_and_metrics_needs_it() -> None:
     app = create_app(AgentSettings(host="0.0.0.0", api_key="s3cret-key"), voice_loop=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
-        for method, path in (("GET", "/"), ("GET", "/v1/dashboard/events"), ("GET", "/metrics"),
-                             ("POST", "/v1/turns"), ("POST", "/v1/stop"), ("POST", "/v1/chat")):
+        for method, path in (("GET", "/"), ("GET", "/v1/dashboard/events"), ("POST", "/v1/turns"),
+                             ("POST", "/v1/stop"), ("POST", "/v1/chat")):
             r = await http.request(method, path)
             assert r.status_code == 401, (path, r.status_code)
             assert r.json()["error"]["type"] == "authentication_error"
@@ -82,6 +78,7 @@ async def test_off_loopback_every_endpoint_but_health_needs_the_key() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
         health = await http.get("/health")
         assert health.status_code != 401  # /health stays open (503 here: the app's lifespan did not run)
+        assert (await http.get("/metrics")).status_code != 401  # so does /metrics
 
 
 async def test_on_loopback_the_page_needs_no_key_and_has_no_outside_assets() -> None:

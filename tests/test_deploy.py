@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,12 +110,40 @@ def test_env_example_lists_every_setting() -> None:
         "regenerate with: watus config --env > deploy/watus.env.example"
 
 
+class NotifySocket:
+    """systemd's side of the notify socket, read all the time as systemd reads it (a queue left unread
+    is full at net.unix.max_dgram_qlen datagrams, 10 by default)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.got: list[str] = []
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def getsockname(self) -> str:
+        return str(self.sock.getsockname())
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.got.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
+        self.sock.close()
+
+
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.2)
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
     yield sock
     sock.close()
 
@@ -123,16 +152,14 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
 SLOW_S = 90.0
 
 
-def _received(sock: socket.socket, timeout_s: float, done: Callable[[list[str]], bool]) -> list[str]:
-    """Datagrams from `sock` until `done(got)` holds or `timeout_s` passed."""
-    got: list[str] = []
+def _received(sock: NotifySocket, timeout_s: float, done: Callable[[list[str]], bool],
+              start: int | None = None) -> list[str]:
+    """The datagrams `sock` got from `start` (default: now) on, once `done(got)` holds or `timeout_s` passed."""
+    start = len(sock.got) if start is None else start
     until = time.monotonic() + timeout_s
-    while not done(got) and time.monotonic() < until:
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            continue
-    return got
+    while not done(sock.got[start:]) and time.monotonic() < until:
+        time.sleep(0.05)
+    return sock.got[start:]
 
 
 def test_notify_is_a_noop_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,7 +184,7 @@ def test_notify_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("module", "prefix"), [("trt_server", "WATUS_LLM_"), ("vision", "WATUS_VISION_"),
                                                 ("audio", "WATUS_AUDIO_"), ("watus", "WATUS_AGENT_")])
-def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: socket.socket, tmp_path: Path,
+def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: NotifySocket, tmp_path: Path,
                                                              module: str, prefix: str) -> None:
     port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000",
@@ -169,14 +196,16 @@ def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: sock
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc, timeout=SLOW_S)
-        # Pinged every 0.2 s (half of WatchdogSec) from the event loop: READY, then at least 4 pings.
-        messages = _received(notify_socket, SLOW_S, lambda got: any(m.startswith("READY=1") for m in got)
-                             and sum(m == "WATCHDOG=1" for m in got) >= 4)
+        # Pinged every 0.2 s (half of WatchdogSec) from the event loop: READY, then at least 4 pings more.
+        pings = sum(m == "WATCHDOG=1" for m in notify_socket.got)
+        _received(notify_socket, SLOW_S, lambda got: sum(m == "WATCHDOG=1" for m in got) >= 4)
+        messages = list(notify_socket.got)
+        assert sum(m == "WATCHDOG=1" for m in messages) >= pings + 4, messages
         ready = [m for m in messages if m.startswith("READY=1")]
         assert len(ready) == 1 and "ready" in ready[0], messages
-        assert sum(m == "WATCHDOG=1" for m in messages) >= 4, messages
         assert httpx.get(url + "/health", timeout=SLOW_S).status_code == 200
     finally:
+        stop_at = len(notify_socket.got)
         proc.terminate()
         try:
             proc.wait(timeout=SLOW_S)
@@ -184,5 +213,6 @@ def test_service_sends_ready_when_healthy_and_watchdog_pings(notify_socket: sock
             proc.kill()
             proc.wait()
             raise
-    rest = _received(notify_socket, SLOW_S, lambda got: "STOPPING=1" in got)
+    rest = _received(notify_socket, SLOW_S, lambda got: "STOPPING=1" in got, start=stop_at)
     assert "STOPPING=1" in rest and not any(m.startswith("READY=1") for m in rest), rest
+    assert proc.returncode == 0, f"{module} exited {proc.returncode} on SIGTERM"  # a stop systemd asked for

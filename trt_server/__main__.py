@@ -1,7 +1,8 @@
 """`python -m trt_server`: run the LLM server (what systemd's `ExecStart=` runs).
 
 Flags override the `WATUS_LLM_*` settings. A model that cannot be found or loaded ends the process
-with a one-line error saying what to do, and a non-zero status, never a traceback.
+with a one-line error saying what to do, and a non-zero status, never a traceback; so does an address off
+loopback without an API key (`watus.core.security.check_bind`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from trt_server.app import create_app
 from trt_server.engines.base import EngineError
 from trt_server.settings import EngineKind, LLMSettings
 from watus.core.logs import setup_logging
+from watus.core.security import check_bind
 from watus.core.serve import serve
 
 log = logging.getLogger("trt_server")
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trt_server: invalid settings:\n{e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    if not check_bind("LLM server", settings, settings.host, settings.port):
+        return 2
     if settings.engine is EngineKind.llamacpp:
         from trt_server.engines.llamacpp import resolve_model_path
 

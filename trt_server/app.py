@@ -3,11 +3,13 @@
 The model loads in a background task so that `/health` answers (503, "loading") from the first second,
 which is what `watus up`, systemd and load balancers poll; the `/v1/*` routes answer 503 until it is
 ready. A load failure is logged with what to do and reported by `/health`, and `on_load_failure` lets
-the entry point stop the process with a non-zero status.
+the entry point stop the process with a non-zero status. On SIGTERM the app drains (`watus.core.drain`,
+`WATUS_LLM_DRAIN_S`): new requests get 503 while the replies in flight finish or are cut off cleanly.
 
 The API routes are served under `/v1` and, as llama.cpp's server does, without it (`/chat/completions`,
 `/completions`, `/models`), for clients configured with a base URL that lacks `/v1`; only the `/v1`
-ones are in the OpenAPI schema.
+ones are in the OpenAPI schema. With an API key set, every route but `/health` and `/metrics` needs it,
+and every body has a size limit (`watus.core.security`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from trt_server.admission import Admission
 from trt_server.engines import select_engine
 from trt_server.engines.base import Engine, EngineError, SamplingParams
-from trt_server.errors import AuthenticationError, ModelNotFoundAPIError, NotReadyError, install_error_handlers
+from trt_server.errors import ModelNotFoundAPIError, NotReadyError, install_error_handlers
 from trt_server.generation import LLMMetrics
 from trt_server.protocol import ChatCompletionRequest, CompletionRequest
 from trt_server.schemas import check_json_schema
@@ -34,7 +35,9 @@ from trt_server.serving import ServerState, chat_completion, completion
 from trt_server.settings import LLMSettings
 from trt_server.templating import ChatTemplate
 from watus.core import metrics as m
+from watus.core.drain import drain_of, install_drain
 from watus.core.memwatch import SwapWatch
+from watus.core.security import install_security
 from watus.core.timing import TURN_HEADER, clean_turn_id
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ async def _load(app: FastAPI, settings: LLMSettings) -> None:
         app.state.llm = ServerState(
             settings=settings, engine=engine, template=template, metrics=metrics,
             admission=Admission(settings.max_concurrent, settings.queue_size, settings.queue_timeout_s, metrics),
-            validate_schema=_schema_validator(engine),
+            validate_schema=_schema_validator(engine), drain=drain_of(app),
         )
         log.info("model %s ready (%s)", engine.model_id, engine.info())
     except Exception as e:
@@ -87,15 +90,6 @@ async def _load(app: FastAPI, settings: LLMSettings) -> None:
             callback(e)
 
 
-def require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    expected: str | None = request.app.state.api_key
-    if expected is None:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), expected):
-        raise AuthenticationError("Missing or wrong API key: send `Authorization: Bearer <key>`.")
-
-
 def get_state(request: Request) -> ServerState:
     state: ServerState | None = request.app.state.llm
     if state is None:
@@ -110,7 +104,6 @@ def turn_headers(turn: str | None) -> dict[str, str]:
 
 
 State = Annotated[ServerState, Depends(get_state)]
-Auth = Depends(require_key)
 TurnHeader = Annotated[str | None, Header(alias=TURN_HEADER)]
 
 
@@ -145,7 +138,8 @@ def create_app(settings: LLMSettings | None = None,
     app.state.memwatch = SwapWatch(name="llm")
     app.state.metrics = LLMMetrics(app.state.registry)
     install_error_handlers(app)
-    app.state.api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    install_drain(app, settings.drain_s)
+    install_security(app, settings)
 
     async def chat(req: ChatCompletionRequest, request: Request, state: State,
                    x_watus_turn: TurnHeader = None) -> Response:
@@ -165,7 +159,7 @@ def create_app(settings: LLMSettings | None = None,
         return _model_card(state, model_id)
 
     for prefix in ("/v1", ""):
-        route = functools.partial(app.add_api_route, dependencies=[Auth], include_in_schema=bool(prefix))
+        route = functools.partial(app.add_api_route, include_in_schema=bool(prefix))
         route(f"{prefix}/chat/completions", chat, methods=["POST"])
         route(f"{prefix}/completions", completions, methods=["POST"])
         route(f"{prefix}/models", models, methods=["GET"])

@@ -12,7 +12,14 @@ import logging
 from fastapi import FastAPI
 
 from watus.core import api_errors
-from watus.core.api_errors import APIError, BadRequestError, InternalEngineError, NotReadyError, error_body
+from watus.core.api_errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    InternalEngineError,
+    NotReadyError,
+    error_body,
+)
 
 __all__ = [
     "APIError",
@@ -32,12 +39,6 @@ log = logging.getLogger(__name__)
 
 class ContextLengthError(APIError):
     code = "context_length_exceeded"
-
-
-class AuthenticationError(APIError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
 
 
 class ModelNotFoundAPIError(APIError):

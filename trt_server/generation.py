@@ -23,6 +23,7 @@ from trt_server.errors import InternalEngineError
 from trt_server.logprobs import TokenQueue, with_text
 from trt_server.textstream import IncrementalDetokenizer, StopMatcher
 from watus.core import metrics as m
+from watus.core.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,12 @@ async def generate(
     endpoint: str,
     request_id: str,
     limiter: asyncio.Semaphore | None = None,
+    drain: Drain | None = None,
 ) -> AsyncIterator[Chunk]:
     """Stream text chunks for a prompt; `outcome` is complete when the iterator ends.
 
-    `limiter`: the slots of a request with more streams than slots, taken before generating.
+    `limiter`: the slots of a request with more streams than slots, taken before generating. `drain`: the
+    server's stop; once its time has run out the stream ends at its next token with `ShuttingDownError`.
     """
     turn_wait = 0.0
     if limiter is not None:
@@ -118,6 +121,9 @@ async def generate(
     stream = engine.stream(prompt_ids, params)
     try:
         async for delta in stream:
+            if drain is not None and drain.expired:
+                finish = "shutdown"
+                raise drain.cut_off()
             if delta.n_tokens:
                 now = time.perf_counter()
                 if first is None:
@@ -236,7 +242,7 @@ class Run:
 
     def __init__(self, engine: Engine, admission: Admission, metrics: LLMMetrics, specs: Sequence[StreamSpec],
                  stops: Sequence[str], *, arrival: float, waited: float, weight: int, endpoint: str,
-                 request_id: str) -> None:
+                 request_id: str, drain: Drain | None = None) -> None:
         self.endpoint = endpoint
         self._admission, self._metrics, self._weight = admission, metrics, weight
         self._released = False
@@ -248,7 +254,7 @@ class Run:
             rid = request_id if len(specs) == 1 else f"{request_id}/{spec.index}"
             chunks = generate(engine, spec.prompt_ids, spec.params, stops, arrival=arrival, queue_wait_s=waited,
                               outcome=outcome, metrics=metrics, endpoint=endpoint, request_id=rid,
-                              limiter=limiter)
+                              limiter=limiter, drain=drain)
             self.streams.append(Stream(spec.index, spec.prompt_ids, outcome, chunks))
 
     def release(self, status: str) -> None:

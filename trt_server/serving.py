@@ -4,7 +4,8 @@ Everything a request can get wrong is found before the first byte of a stream (m
 engine supports, template, context and token budget, tool schemas); after that, errors travel as an SSE
 `error` event. A request becomes one stream per choice (`n` per prompt), admitted together; with a
 seed, choice i samples with seed + i, so the same request gives the same choices. A client that
-disconnects cancels its generation, streamed (`sse`) or not (`disconnect`).
+disconnects cancels its generation, streamed (`sse`) or not (`disconnect`); so does a stop whose drain
+time ran out (`watus.core.drain`), with an error event or a 503.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from trt_server.support import check_chat, check_completion, check_token_ids
 from trt_server.templating import ChatTemplate, TemplateError
 from trt_server.toolcalls import StreamingToolParser
 from trt_server.toolchoice import plan_tools
+from watus.core.drain import Drain
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class ServerState:
     metrics: LLMMetrics
     admission: Admission
     validate_schema: Callable[[dict[str, Any]], None]
+    #: The stop in progress (SIGTERM): generations still running when it runs out end with an error.
+    drain: Drain | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -119,7 +123,7 @@ async def _admit(state: ServerState, specs: Sequence[StreamSpec], stops: list[st
     weight = min(len(specs), state.admission.slots)
     waited = await state.admission.acquire(weight)
     return Run(state.engine, state.admission, state.metrics, specs, stops, arrival=arrival, waited=waited,
-               weight=weight, endpoint=endpoint, request_id=rid)
+               weight=weight, endpoint=endpoint, request_id=rid, drain=state.drain)
 
 
 async def _whole_reply(run: Run, rid: str, body: Awaitable[dict[str, Any]], request: Request,

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from watus.core.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, ServiceSettings
 
 
 class EngineKind(str, enum.Enum):
@@ -21,7 +21,7 @@ class EngineKind(str, enum.Enum):
     trtllm = "trtllm"
 
 
-class LLMSettings(WatusSettings):
+class LLMSettings(ServiceSettings):
     """Everything the LLM server reads from the environment (prefix `WATUS_LLM_`)."""
 
     model_config = SettingsConfigDict(env_prefix="WATUS_LLM_")
@@ -70,12 +70,30 @@ class LLMSettings(WatusSettings):
         "lets the model write where the schema gives no smaller `maxItems` (`maxProperties`); tightened like "
         "strings.",
     )
-    api_key: SecretStr | None = Field(None, description="If set, requests need `Authorization: Bearer <key>`.")
+    thread_poll: int = Field(
+        50, ge=0, le=100, description="llamacpp: how hard llama.cpp's threads spin waiting for work (its "
+        "`poll`, 0-100, llama.cpp's default); 0: they sleep between tasks. On 2 busy cores 0 and 50 measured "
+        "the same here (2 streams x 64 tokens next to a busy core: 3.3-4.0 s either way).",
+    )
+    prompt_cache_mib: int = Field(
+        0, ge=0, le=65536, description="llamacpp: host memory (MiB) for llama.cpp's cache of earlier prompts' "
+        "states (`cache_ram_mib`), restored when a slot switches back to a prompt it had. 0: none; each slot's "
+        "own KV cache still keeps its conversation's prefix. llama.cpp's default (8 GiB) grew the server by "
+        "~9 MB a turn for the 135M model in `watus bench soak` (321 → 1,271 MB in 30 min).",
+    )
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, le=2**31, description="Largest request body (bytes): a chat "
+                                "request with its whole history and tool schemas is well under this; a larger one "
+                                "gets 413 with an error body, also when sent chunked.")
     kv_cache_free_gpu_memory_fraction: float = Field(
         0.5, gt=0, le=1.0, description="trtllm: share of free GPU memory for the KV cache. On an Orin the GPU's "
         "memory is the system's, shared with vision and audio: use 0.10 there (deploy/jetson/README.md).",
     )
     warmup: bool = Field(True, description="Run one short generation before reporting healthy.")
+    drain_s: float = Field(
+        10.0, ge=0, le=120, description="On SIGTERM (systemd's stop): how long replies in flight may go on while "
+        "new requests get 503; a stream still running then ends with an SSE error event and `[DONE]`. Keep it "
+        "under the unit's `TimeoutStopSec` (30 s) minus the 10 s of uvicorn's own graceful shutdown.",
+    )
 
     @field_validator("model_aliases", mode="before")
     @classmethod
@@ -86,8 +104,3 @@ class LLMSettings(WatusSettings):
                 return json.loads(text)  # the env file's `[]` form
             return [part.strip() for part in text.split(",") if part.strip()]
         return v
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
-        return v if v is not None and v.get_secret_value() else None

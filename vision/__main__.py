@@ -2,7 +2,7 @@
 
 Flags override the `WATUS_VISION_*` settings. A model file that is missing ends the process with one
 line naming the setting and `watus models setup`, and a non-zero status, never a traceback; so does a
-model that cannot be loaded.
+model that cannot be loaded, and an address off loopback without an API key (`watus.core.security`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from vision.app import create_app
 from vision.settings import VisionSettings
 from watus.core.logs import setup_logging
+from watus.core.security import check_bind
 from watus.core.serve import serve
 
 log = logging.getLogger("vision")
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vision: invalid settings:\n{e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    if not check_bind("vision", settings, settings.host, settings.port):
+        return 2
     # The pipeline thread runs Python between its native calls; at the default 5 ms GIL switch
     # interval a request could wait that long for the interpreter.
     sys.setswitchinterval(settings.switch_interval_ms / 1000)

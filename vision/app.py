@@ -3,7 +3,8 @@
 Models load in a background task so `/health` answers (503, "loading") from the first second. Once
 they are warm, the grabber and pipeline threads start and the routes only read what the pipeline
 published: `GET /v1/scene` returns pre-serialised bytes, so it stays fast while inference runs.
-Uploads (`POST /v1/detect`) run in their own single worker thread, a few at most waiting.
+Uploads (`POST /v1/detect`) run in their own single worker thread, a few at most waiting. The API key
+and the body limits are `watus.core.security`'s.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from vision.settings import VisionSettings
 from vision.sources import source_factory
 from vision.threads import lower_priority
 from watus.core import metrics as m
+from watus.core.bodylimit import Limit
 from watus.core.memwatch import SwapWatch
+from watus.core.security import install_security
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +274,9 @@ def create_app(settings: VisionSettings | None = None, *, source: Callable[[], F
     app.state.load_error = None
     install_error_handlers(app)
     document_errors(app)
+    install_security(app, settings, paths={"/v1/detect": Limit(
+        settings.max_upload_bytes + _MULTIPART_SLACK, "WATUS_VISION_MAX_UPLOAD_BYTES, plus form framing",
+        code=TooLargeError.code or "image_too_large", param="file")})
 
     @app.get("/v1/scene", response_model=Scene, responses=error_responses(400, 503))
     async def scene(state: State, max_age_ms: Annotated[float | None, Query(ge=0)] = None) -> Response:

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from vision import modelsetup
-from watus.core.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, ServiceSettings
 from watus.core.modelstore import cache_dir
 
 
@@ -51,7 +51,7 @@ def _default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-class VisionSettings(WatusSettings):
+class VisionSettings(ServiceSettings):
     """Everything the vision service reads from the environment (prefix `WATUS_VISION_`)."""
 
     model_config = SettingsConfigDict(env_prefix="WATUS_VISION_")

@@ -1,4 +1,7 @@
-"""`python -m watus`: the agent process (voice loop + /health, /metrics, /v1/chat), as systemd runs it."""
+"""`python -m watus`: the agent process (voice loop + /health, /metrics, /v1/chat), as systemd runs it.
+
+Off loopback without an API key it refuses to start, as every Watus process does (`watus.core.security`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pydantic import ValidationError
 from watus.agent.app import create_app
 from watus.agent.settings import AgentSettings
 from watus.core.logs import setup_logging
+from watus.core.security import check_bind
 from watus.core.serve import serve
 
 
@@ -26,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"watus agent: invalid settings:\n{e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    if not check_bind("agent", settings, settings.host, settings.port):
+        return 2
     return serve(lambda _: create_app(settings, voice_loop=not args.no_voice), settings.host, settings.port,
                  name="agent")
 

@@ -34,4 +34,6 @@ def select_engine(settings: LLMSettings) -> Engine:
         model_name=settings.model_name,
         verbose=settings.log_level.upper() == "DEBUG",
         json_limits=JsonLimits(settings.json_max_string_bytes, settings.json_max_items),
+        prompt_cache_mib=settings.prompt_cache_mib,
+        thread_poll=settings.thread_poll,
     ))

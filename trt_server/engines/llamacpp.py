@@ -102,6 +102,10 @@ class LlamaCppConfig:
     verbose: bool = False
     #: WATUS_LLM_JSON_MAX_STRING_BYTES and WATUS_LLM_JSON_MAX_ITEMS: bounds of the JSON grammar.
     json_limits: JsonLimits = dataclasses.field(default_factory=JsonLimits)
+    #: WATUS_LLM_PROMPT_CACHE_MIB: llama.cpp's host cache of earlier prompts (0: none).
+    prompt_cache_mib: int = 0
+    #: WATUS_LLM_THREAD_POLL: how much llama.cpp's threads spin waiting for work (0-100; 0: they sleep).
+    thread_poll: int = 50
 
 
 class LlamaCppTokenizer:
@@ -175,7 +179,9 @@ class LlamaCppEngine:
         p.n_ctx = c.context_length * c.slots
         p.cpuparams.n_threads = c.threads
         p.cpuparams_batch.n_threads = c.threads
+        p.cpuparams.poll = p.cpuparams_batch.poll = c.thread_poll
         p.n_gpu_layers = c.gpu_layers
+        p.cache_ram_mib = c.prompt_cache_mib  # llama.cpp's default, 8 GiB, grows with every distinct prompt
         p.verbosity = 3 if c.verbose else 0
         p.ui = False
         p.endpoint_metrics = False

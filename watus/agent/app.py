@@ -2,10 +2,12 @@
 
 `GET /health` reports whether the LLM, vision and audio services answer and whether the audio event
 stream is connected; the agent itself is healthy once its loop runs, because a robot whose camera is
-unplugged should still talk. `GET /metrics` has each turn stage's latency and e2e as histograms.
+unplugged should still talk. A turn log that cannot be written (full disk, read-only folder) makes it
+`degraded` (still 200: the robot talks on) with `turn_log.error`, until a record is written again.
+`GET /metrics` has each turn stage's latency and e2e as histograms.
 `POST /v1/chat` runs a text turn through the same brain (the CLI's `watus chat` and tests use it).
 `GET /` is the live dashboard (`watus.agent.dashboard`). Errors have the OpenAI-style body of the other
-services; off loopback every endpoint but /health needs the API key.
+services; with an API key set every endpoint but /health and /metrics needs it (`watus.core.security`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -24,7 +27,6 @@ from pydantic import BaseModel, Field
 
 from watus.agent.audio_client import AudioClient
 from watus.agent.brain import Session, TurnDeps, build_agent, stream_reply
-from watus.agent.dashboard import install_auth, resolve_key
 from watus.agent.dashboard import router as dashboard_router
 from watus.agent.hub import Hub
 from watus.agent.monitor import Monitor, probe
@@ -34,7 +36,9 @@ from watus.agent.turnlog import STAGES, TurnLog, TurnRecord
 from watus.agent.voice import VoiceLoop
 from watus.core import metrics as m
 from watus.core.api_errors import BadRequestError, NotReadyError, install_error_handlers
+from watus.core.config import reveal
 from watus.core.memwatch import SwapWatch
+from watus.core.security import install_security
 from watus.core.timing import new_turn_id
 from watus.core.wire import WireError
 
@@ -95,9 +99,10 @@ class AgentState:
         self.metrics = AgentMetrics()
         self.memwatch = SwapWatch(name="agent")
         self.vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms,
-                                   on_invalid=self.metrics.invalid_from("vision"))
+                                   on_invalid=self.metrics.invalid_from("vision"),
+                                   api_key=reveal(settings.vision_api_key))
         self.audio = AudioClient(settings.audio_url, settings.service_timeout_s,
-                                 on_invalid=self.metrics.invalid_from("audio"))
+                                 on_invalid=self.metrics.invalid_from("audio"), api_key=reveal(settings.audio_api_key))
         self.http = httpx.AsyncClient()
         self.hub = Hub()
         self.monitor = Monitor(self.hub, self.vision, {"llm": settings.llm_url, "vision": settings.vision_url,
@@ -107,6 +112,7 @@ class AgentState:
         self.turn_log = TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups)
         self.loop = VoiceLoop(settings, self.agent, self.session, self.vision, self.audio, self.turn_log,
                               on_record=self.metrics.observe, on_event=self._on_event)
+        self.audio.on_lost = self.loop.audio_lost
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "ignored":
@@ -143,7 +149,7 @@ def dashboard_url(settings: AgentSettings, key: str | None = None) -> str:
     """Where the dashboard is (with the key to open it, when one is needed)."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}/" + (f"?key={key}" if key else "")
+    return f"http://{host}:{settings.port}/" + (f"?key={quote(key, safe='')}" if key else "")
 
 
 async def _health_of(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
@@ -157,6 +163,7 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AgentState(settings)
+        await asyncio.to_thread(state.turn_log.check)  # a log that cannot be written shows in /health at once
         app.state.agent = state
         tasks = [asyncio.create_task(_warm_llm(state)), asyncio.create_task(state.monitor.run(), name="monitor")]
         if voice_loop:
@@ -174,13 +181,9 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
 
     app = FastAPI(title="Watus agent", version="0.1.0", lifespan=lifespan)
     app.state.agent = None
-    key = resolve_key(settings.api_key.get_secret_value() if settings.api_key else None, settings.host)
-    if key is not None and not settings.api_key:
-        log.warning("the agent listens on %s without WATUS_AGENT_API_KEY: its API needs this generated key; "
-                    "dashboard: %s", settings.host, dashboard_url(settings, key))
-    app.state.api_key = key
     install_error_handlers(app, logger=log)
-    install_auth(app, lambda: app.state.api_key)
+    # The dashboard page is the login path: `/?key=` once, then its cookie stands for the key (EventSource).
+    install_security(app, settings, login_paths=("/",))
     app.include_router(dashboard_router(get_state))
 
     @app.get("/health")
@@ -188,8 +191,10 @@ def create_app(settings: AgentSettings | None = None, voice_loop: bool = True) -
         s = state.settings
         llm, vision, audio = await asyncio.gather(*(_health_of(state.http, u)
                                                     for u in (s.llm_url, s.vision_url, s.audio_url)))
+        turn_log = state.turn_log.health()
         return JSONResponse({
-            "status": "ok", "llm": llm, "vision": vision, "audio": audio,
+            "status": "ok" if turn_log["ok"] else "degraded", "llm": llm, "vision": vision, "audio": audio,
+            "turn_log": turn_log,
             "audio_events": "connected" if state.audio.connected else (state.audio.last_error or "connecting"),
             "turns": state.loop.turns_done, "session": state.session.id, "memory": state.memwatch.check(),
         })

@@ -27,6 +27,7 @@ from watus.agent.scene import SceneView, VisionClient, parse_scene, summarize, v
 from watus.agent.settings import AgentSettings
 from watus.agent.turnlog import STAGES, TurnRecord
 from watus.agent.turns import speak_reply
+from watus.core.config import auth_headers, reveal
 from watus.core.timing import new_turn_id
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,10 @@ class AskResult:
     record: TurnRecord
 
 
-async def _scene_from_image(image: Path, vision_url: str, max_age_ms: int) -> SceneView:
+async def _scene_from_image(image: Path, vision_url: str, max_age_ms: int, api_key: str | None) -> SceneView:
     data = await asyncio.to_thread(image.read_bytes)
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=auth_headers(api_key)) as http:
             r = await http.post(vision_url.rstrip("/") + "/v1/detect", content=data,
                                 headers={"content-type": "application/octet-stream"})
         if r.status_code == 200:
@@ -94,9 +95,11 @@ async def ask(wav: Path | None, text: str | None, image: Path | None, settings: 
         rec.mark("asr_done", time.monotonic_ns())
         rec.transcript, rec.language = transcript.text.strip(), transcript.language
         if image is not None:
-            view = await _scene_from_image(image, settings.vision_url, settings.scene_max_age_ms)
+            view = await _scene_from_image(image, settings.vision_url, settings.scene_max_age_ms,
+                                           reveal(settings.vision_api_key))
         else:
-            client = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
+            client = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms,
+                                  api_key=reveal(settings.vision_api_key))
             view = await client.look(rec.turn_id)
             await client.aclose()
         rec.mark("scene_fetched", time.monotonic_ns())

@@ -1,7 +1,8 @@
 """The agent's side of the audio service: its event stream, `say` and `stop`.
 
 The event stream is the voice loop's input; it is read with a reconnecting SSE reader because the
-audio process may restart (systemd, `watus up`) and the agent must carry on when it comes back. Every
+audio process may restart (systemd, `watus up`) and the agent must carry on when it comes back (`on_lost`
+tells the voice loop that a stream broke, so the turn that was playing is failed rather than awaited). Every
 event is validated against the contract (`watus.core.wire.audio`); one that does not validate is logged
 with its type and counted (`on_invalid`), and skipped — never patched up with defaults.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from watus.core.config import auth_headers
 from watus.core.timing import TURN_HEADER
 from watus.core.wire import WireError
 from watus.core.wire.audio import AudioEvent, SayRequest, parse_event
@@ -28,10 +30,13 @@ class AudioUnavailableError(Exception):
 
 class AudioClient:
     def __init__(self, base_url: str, timeout_s: float, on_invalid: Callable[[WireError], None] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport,
+                                       headers=auth_headers(api_key))
         self._on_invalid = on_invalid
+        #: Told (with why) when a connected event stream breaks: what was playing is not reported any more.
+        self.on_lost: Callable[[str], None] | None = None
         self.connected = False
         self.last_error: str | None = None
 
@@ -93,8 +98,11 @@ class AudioClient:
                             log.error("audio event skipped: %s (%.120s)", e, line)
                             if self._on_invalid is not None:
                                 self._on_invalid(e)
+                self.last_error = "the event stream ended"
             except (httpx.HTTPError, AudioUnavailableError) as e:
                 self.last_error = f"{type(e).__name__}: {e}"
+            if self.connected and self.on_lost is not None:
+                self.on_lost(self.last_error)
             self.connected = False
             log.warning("audio events unavailable (%s); retrying in %.1f s", self.last_error, delay)
             await asyncio.sleep(delay)

@@ -22,6 +22,7 @@ from pydantic_ai.settings import ModelSettings
 
 from watus.agent.scene import SceneView, VisionClient, count_label, describe_person, summarize
 from watus.agent.settings import AgentSettings
+from watus.core.config import reveal
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def build_model(settings: AgentSettings) -> Model:
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
-    provider = OpenAIProvider(base_url=settings.llm_url.rstrip("/") + "/v1", api_key=settings.llm_api_key)
+    # The openai client needs some key; a server that asks for none ignores it.
+    provider = OpenAIProvider(base_url=settings.llm_url.rstrip("/") + "/v1",
+                              api_key=reveal(settings.llm_api_key) or "none")
     return OpenAIChatModel(settings.llm_model, provider=provider)
 
 

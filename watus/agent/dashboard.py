@@ -6,79 +6,34 @@ it streams, health, machine and scene snapshots) and the camera through the agen
 nothing but the agent's own origin and keeps working with any subset of services up. State changes are
 POSTs: `POST /v1/turns` (a typed message, handled as if spoken) and `POST /v1/stop`.
 
-Safe by default: the agent listens on 127.0.0.1. When it binds another address every endpoint but
-`/health` needs the API key (`WATUS_AGENT_API_KEY`, else `WATUS_API_KEY`; one is generated and logged
-if neither is set): `Authorization: Bearer <key>`, or `?key=<key>` once — the page then keeps it in a
-SameSite=Strict, HttpOnly cookie, so no other site can use it and no link needs it again.
+Safe by default: the agent listens on 127.0.0.1, and off loopback it needs an API key to start at all
+(`watus.core.security`). With a key (`WATUS_AGENT_API_KEY`, else `WATUS_API_KEY`) every endpoint but
+`/health` and `/metrics` needs it: `Authorization: Bearer <key>` for scripts, or `/?key=<key>` once in a
+browser — the page then keeps it in a SameSite=Strict, HttpOnly cookie (an `EventSource` cannot send a
+header), so no other site can use it and no link needs it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from watus.core.api_errors import BadRequestError, error_body
+from watus.core.config import auth_headers, reveal
 
 if TYPE_CHECKING:
     from watus.agent.app import AgentState
 
-KEY_COOKIE = "watus_key"
 #: Served as they are; the page is these three files.
 STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 SSE_KEEPALIVE_S = 10.0
-OPEN_PATHS = ("/health",)
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_key(configured: str | None, host: str) -> str | None:
-    """The key the agent's HTTP API requires: the configured one, or a new one off loopback; else none."""
-    if configured:
-        return configured
-    return None if is_loopback(host) else secrets.token_urlsafe(18)
-
-
-def _given_key(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.query_params.get("key") or request.cookies.get(KEY_COOKIE)
-
-
-def install_auth(app: FastAPI, key: Callable[[], str | None]) -> None:
-    """Every request but /health carries the key when one is required; else 401 with an error body."""
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        expected = key()
-        if expected is None or request.url.path in OPEN_PATHS:
-            return await call_next(request)
-        given = _given_key(request)
-        if given is None or not secrets.compare_digest(given, expected):
-            return JSONResponse(error_body("Missing or wrong API key: send `Authorization: Bearer <key>` or open "
-                                           "the dashboard link with `?key=`.", "authentication_error", None,
-                                           "invalid_api_key"), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        if request.query_params.get("key") and request.url.path == "/":
-            response.set_cookie(KEY_COOKIE, expected, httponly=True, samesite="strict")
-        return response
 
 
 class TextTurn(BaseModel):
@@ -136,7 +91,8 @@ def router(get_state: Callable[[Request], AgentState]) -> APIRouter:
         state = get_state(request)
         try:
             got = await state.http.get(state.settings.vision_url.rstrip("/") + "/v1/frame.jpg",
-                                       params={"annotated": "1"}, timeout=2.0)
+                                       params={"annotated": "1"}, timeout=2.0,
+                                       headers=auth_headers(reveal(state.settings.vision_api_key)))
         except httpx.HTTPError as e:
             return JSONResponse(error_body(f"vision service not reachable ({type(e).__name__})", "unavailable",
                                            None, "vision_down"), status_code=503)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from watus.core.config import auth_headers
 from watus.core.timing import TURN_HEADER
 from watus.core.wire import WireError
 from watus.core.wire.scene import Person, Scene
@@ -50,8 +51,9 @@ class VisionClient:
     """Reads `GET /v1/scene` from the vision service; never raises (a missing camera is a fact to report)."""
 
     def __init__(self, base_url: str, timeout_s: float, max_age_ms: int,
-                 on_invalid: Callable[[WireError], None] | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s)
+                 on_invalid: Callable[[WireError], None] | None = None, api_key: str | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                       headers=auth_headers(api_key))
         self.max_age_ms = max_age_ms
         self._on_invalid = on_invalid
 

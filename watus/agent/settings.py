@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from watus.core.config import DEFAULT_PORTS, WatusSettings
+from watus.core.config import DEFAULT_PORTS, ServiceSettings, service_key
 
 
 def _service_url(prefix: str, default_port: int) -> str:
@@ -18,6 +18,12 @@ def _service_url(prefix: str, default_port: int) -> str:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     return f"http://{host}:{os.environ.get(f'{prefix}PORT', default_port)}"
+
+
+def _peer_key(service: str) -> SecretStr | None:
+    """The key a peer requires, from its own settings' names, so one env file configures both ends."""
+    key = service_key(service)
+    return SecretStr(key) if key else None
 
 
 class Language(str, enum.Enum):
@@ -38,7 +44,7 @@ class Pipeline(str, enum.Enum):
     sequential = "sequential"
 
 
-class AgentSettings(WatusSettings):
+class AgentSettings(ServiceSettings):
     """The agent: where the other services are, who the robot is, and how turns are recorded."""
 
     model_config = SettingsConfigDict(env_prefix="WATUS_AGENT_")
@@ -49,11 +55,19 @@ class AgentSettings(WatusSettings):
                          description="LLM server base URL (any OpenAI-compatible server; `/v1` is appended). "
                          "Default: from WATUS_LLM_HOST/PORT, i.e. http://127.0.0.1:8080.")
     llm_model: str = Field("default", description="Model name sent to the LLM server.")
-    llm_api_key: str = Field("none", description="API key for the LLM server (when it asks for one).")
+    llm_api_key: SecretStr | None = Field(default_factory=lambda: _peer_key("llm"), description="API key sent "
+                                          "to the LLM server. Default: the LLM server's own key (WATUS_LLM_API_KEY, "
+                                          "else WATUS_API_KEY); set it for another OpenAI-compatible server.")
     vision_url: str = Field(default_factory=lambda: _service_url("WATUS_VISION_", DEFAULT_PORTS["vision"]),
                             description="Vision service base URL (default: from WATUS_VISION_HOST/PORT).")
+    vision_api_key: SecretStr | None = Field(default_factory=lambda: _peer_key("vision"), description="API key "
+                                             "sent to the vision service. Default: its own key "
+                                             "(WATUS_VISION_API_KEY, else WATUS_API_KEY).")
     audio_url: str = Field(default_factory=lambda: _service_url("WATUS_AUDIO_", DEFAULT_PORTS["audio"]),
                            description="Audio service base URL (default: from WATUS_AUDIO_HOST/PORT).")
+    audio_api_key: SecretStr | None = Field(default_factory=lambda: _peer_key("audio"), description="API key "
+                                            "sent to the audio service. Default: its own key "
+                                            "(WATUS_AUDIO_API_KEY, else WATUS_API_KEY).")
     robot_name: str = Field("Watus", min_length=1, max_length=40, description="The robot's name.")
     robot_name_aliases: str = Field("Watus,Vatus,Wattus,Vaatus,What us", description="Other spellings the ASR "
                                     "gives the name, comma separated (one letter of slack is allowed anyway).")
@@ -89,15 +103,11 @@ class AgentSettings(WatusSettings):
                                   "the robot says so instead of describing it.")
     service_timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one call to vision or audio.")
     llm_timeout_s: float = Field(60.0, gt=0, le=600, description="Timeout of one LLM request.")
-    api_key: SecretStr | None = Field(
-        default_factory=lambda: SecretStr(os.environ["WATUS_API_KEY"]) if os.environ.get("WATUS_API_KEY") else None,
-        description="Key the agent's HTTP API and dashboard require (`Authorization: Bearer`, or `?key=` once). "
-        "Default: WATUS_API_KEY; none on 127.0.0.1; off loopback without one, a key is generated and logged.")
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
-        return v if v is not None and v.get_secret_value() else None
     turn_log: Path = Field(Path("var/log/turns.jsonl"), description="Turn log (one JSON line per turn).")
     turn_log_max_bytes: int = Field(10_000_000, ge=10_000, description="Rotate the turn log at this size.")
     turn_log_backups: int = Field(5, ge=0, le=100, description="Rotated turn logs kept.")
+
+    @field_validator("llm_api_key", "vision_api_key", "audio_api_key")
+    @classmethod
+    def _empty_peer_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None

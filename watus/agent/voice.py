@@ -336,6 +336,21 @@ class VoiceLoop:
         if stop_audio and turn.spoke:
             await self._stop_audio()
 
+    def audio_lost(self, why: str) -> None:
+        """The audio service's event stream broke: a turn that already spoke lost its audio with the process.
+
+        It is recorded as failed at once (not left waiting for a playback that will never be reported);
+        a turn that has not spoken yet goes on, and its first sentence finds the audio back or fails then.
+        """
+        turn = self._current
+        if turn is None or turn.done.is_set() or not turn.spoke:
+            return
+        turn.record.error = f"audio: the audio service went away mid-turn ({why})"
+        log.error("turn %s: %s", turn.record.turn_id, turn.record.error)
+        turn.done.set()
+        if turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+
     async def _stop_audio(self) -> None:
         if await self._audio.stop():
             self._stop_echoes += 1
@@ -349,7 +364,7 @@ class VoiceLoop:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(turn.done.wait(), PLAYBACK_GRACE_S)
         except asyncio.CancelledError:
-            rec.interrupted = True
+            rec.interrupted = rec.error is None  # else failed (`audio_lost`), not interrupted
         except AudioUnavailableError as e:
             rec.error = f"audio: {e}"
             log.error("turn %s: %s", rec.turn_id, rec.error)
@@ -397,11 +412,9 @@ class VoiceLoop:
             return
         if not rec.error:
             self.addressee.keep_open(time.monotonic_ns())
-        # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop.
-        try:
-            await asyncio.to_thread(self._log.write, rec)
-        except OSError as e:
-            log.error("could not write the turn log %s: %s", self._log.path, e)
+        # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop. A log that
+        # cannot be written is reported by TurnLog itself (once, and in /health); the loop goes on.
+        await asyncio.to_thread(self._log.append, rec)
         self.turns_done += 1
         if self._on_record is not None:
             self._on_record(rec)

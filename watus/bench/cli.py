@@ -20,6 +20,8 @@ from watus.bench.degradation import degradation
 from watus.bench.duplex import duplex
 from watus.bench.e2e import e2e
 from watus.bench.llm import DEFAULT_TARGETS, BenchConfig, BenchResult, goal_checks, parse_target, render_markdown
+from watus.bench.load import load
+from watus.bench.soak import soak
 from watus.bench.speech import speech
 from watus.bench.stats import Summary, fmt
 from watus.bench.vision import vision
@@ -135,6 +137,8 @@ bench_app.command("degradation")(degradation)
 bench_app.command("vision")(vision)
 bench_app.command("e2e")(e2e)
 bench_app.command("duplex")(duplex)
+bench_app.command("load")(load)
+bench_app.command("soak")(soak)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
     agent_env = {"WATUS_AGENT_HOST": "127.0.0.1", "WATUS_AGENT_PORT": str(agent_port),
                  "WATUS_AGENT_LLM_URL": ses.llm_url, "WATUS_AGENT_VISION_URL": ses.vision_url,
                  "WATUS_AGENT_AUDIO_URL": audio_url, "WATUS_AGENT_TURN_LOG": str(turn_log),
-                 "WATUS_AGENT_TEMPERATURE": "0", **MODE_ENV[mode][0]}
+                 "WATUS_AGENT_TEMPERATURE": "0", "WATUS_AGENT_API_KEY": "",  # loopback, and the cutter sends none
+                 **MODE_ENV[mode][0]}
     if cfg.max_tokens is not None:
         agent_env["WATUS_AGENT_MAX_TOKENS"] = str(cfg.max_tokens)
     audio_env = {"WATUS_AUDIO_HOST": "127.0.0.1", "WATUS_AUDIO_PORT": str(audio_port),

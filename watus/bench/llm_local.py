@@ -16,6 +16,7 @@ from typing import Any
 from watus.bench.llm_types import BenchConfig, BenchError, StreamTiming, openai_chunk
 from watus.bench.procs import free_port as _free_port
 from watus.bench.procs import service
+from watus.core.config import service_key
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def trt_server_process(settings: str, cfg: BenchConfig, log_dir: Path) -> Iterat
     env.update(_parse_env(settings))
     env.update({"WATUS_LLM_HOST": "127.0.0.1", "WATUS_LLM_PORT": str(port),
                 "PYTHONPATH": os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))})
-    api_key = env.get("WATUS_LLM_API_KEY") or None
+    api_key = service_key("llm", env)
     log_path = log_dir / f"trt_server-{port}.log"
     base_url = f"http://127.0.0.1:{port}"
     with service("trt_server", env, base_url, log_path, cfg.startup_timeout_s, error=BenchError):

@@ -76,7 +76,9 @@ def bench_asr(cfg: SpeechBenchConfig, wavs: list[tuple[Path, str, float]], resul
 def audio_service(env: dict[str, str], log_path: Path, timeout_s: float = 90.0) -> Iterator[str]:
     """`python -m audio` with `env` added; yields its URL once healthy, stops it after."""
     port = _free_port()
-    full = {**os.environ, **env, "WATUS_AUDIO_PORT": str(port), "WATUS_AUDIO_HOST": "127.0.0.1"}
+    # The bench's own service, on loopback: no key for it whatever WATUS_API_KEY says (its clients send none).
+    full = {**os.environ, **env, "WATUS_AUDIO_PORT": str(port), "WATUS_AUDIO_HOST": "127.0.0.1",
+            "WATUS_AUDIO_API_KEY": ""}
     url = f"http://127.0.0.1:{port}"
     with service("audio", full, url, log_path, timeout_s):
         yield url

@@ -138,7 +138,8 @@ def vision_process(video: Path, cfg: VisionBenchConfig, log_path: Path) -> Itera
     env = {**os.environ, "WATUS_VISION_PORT": str(port), "WATUS_VISION_SOURCE": str(video),
            "WATUS_VISION_SOURCE_KIND": "file", "WATUS_VISION_LOOP": "true", "WATUS_VISION_SOURCE_FPS": "0",
            "WATUS_VISION_THREADS": str(cfg.threads), "WATUS_VISION_FACES": str(cfg.faces).lower(),
-           "WATUS_VISION_FACE_EVERY_N": str(cfg.face_every_n)}
+           "WATUS_VISION_FACE_EVERY_N": str(cfg.face_every_n),
+           "WATUS_VISION_API_KEY": ""}  # the bench's own loopback service: its bare clients send no key
     if cfg.model is not None:
         env["WATUS_VISION_DETECTOR_MODEL"] = str(cfg.model)
     url = f"http://127.0.0.1:{port}"

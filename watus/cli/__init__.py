@@ -20,6 +20,7 @@ from watus.bench.cli import bench_app
 from watus.cli import ops as cli_ops
 from watus.cli.models import models_app
 from watus.cli.services import llm_server
+from watus.core.config import reveal
 
 app = typer.Typer(help="Watus: the robot's brain that hears, sees and talks.", no_args_is_help=True,
                   add_completion=False)
@@ -34,7 +35,8 @@ async def _chat(settings: AgentSettings, prompt: str | None) -> None:
     from watus.core.timing import new_turn_id
 
     agent = build_agent(settings)
-    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
+    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms,
+                          api_key=reveal(settings.vision_api_key))
     session = Session(new_turn_id(), settings.memory_turns)
     try:
         while True:
@@ -108,10 +110,12 @@ async def _listen(settings: AgentSettings, turns: int | None) -> None:
         if turns is not None and count >= turns:
             done.set()
 
-    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms)
-    audio = AudioClient(settings.audio_url, settings.service_timeout_s)
+    vision = VisionClient(settings.vision_url, settings.service_timeout_s, settings.scene_max_age_ms,
+                          api_key=reveal(settings.vision_api_key))
+    audio = AudioClient(settings.audio_url, settings.service_timeout_s, api_key=reveal(settings.audio_api_key))
     loop = VoiceLoop(settings, build_agent(settings), Session(new_turn_id(), settings.memory_turns), vision, audio,
                      TurnLog(settings.turn_log, settings.turn_log_max_bytes, settings.turn_log_backups), show)
+    audio.on_lost = loop.audio_lost
     runner = asyncio.create_task(loop.run())
     try:
         await done.wait()

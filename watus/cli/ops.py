@@ -1,8 +1,9 @@
 """Operating the processes from a terminal: `watus up`, `watus status`, `watus doctor`.
 
 `watus up` is the local stand-in for systemd's `watus.target`: it starts the services in dependency
-order (the agent last), waits until each is healthy, restarts one that dies (up to a limit), writes a
-log per process, and on Ctrl-C stops them all, the agent first.
+order (the agent last), waits until each is healthy, restarts one that dies (at once, or with a backoff
+when it keeps dying at start; up to a limit) and says when it is healthy again, writes a log per
+process, and on Ctrl-C stops them all (SIGTERM, so the LLM server drains), the agent first.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy
+from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy, security_checks
 
 console = Console()
 err = Console(stderr=True)
@@ -62,17 +63,76 @@ def _wait_healthy(procs: list[Managed], timeout_s: float) -> list[Managed]:
     return list(pending.values())
 
 
-def _dashboard_link(log_dir: Path) -> str:
-    """The agent's dashboard URL, with the key when the agent is not on loopback."""
+def _dashboard_link() -> str:
+    """The agent's dashboard URL, with `?key=` when the agent requires a key (the page then keeps it in a cookie)."""
     from watus.agent.app import dashboard_url
-    from watus.agent.dashboard import is_loopback
     from watus.agent.settings import AgentSettings
 
     settings = AgentSettings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    if key is None and not is_loopback(settings.host):
-        return dashboard_url(settings) + f"  (needs the key the agent logged in {log_dir / 'agent.log'})"
-    return dashboard_url(settings, None if is_loopback(settings.host) else key)
+    return dashboard_url(settings, settings.key())
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited ({code})"
+
+
+class _Supervisor:
+    """What `watus up` does for a process that dies, as systemd's `Restart=on-failure` would.
+
+    A process that ran a while is restarted at once; one that dies within `QUICK_S` of its start waits
+    1, 2, 4 … up to `MAX_BACKOFF_S` seconds first, so a crash loop does not spin the CPU. Each death
+    (with its exit status or signal) and each return to health is printed; after `max_restarts` the
+    process stays down.
+    """
+
+    QUICK_S = 15.0
+    MAX_BACKOFF_S = 30.0
+
+    def __init__(self, procs: list[Managed], max_restarts: int) -> None:
+        self._procs = procs
+        self._max = max_restarts
+        self._quick: dict[str, int] = {}  # consecutive quick deaths
+        self._due: dict[str, float] = {}  # when a dead process is started again
+        self._recovering: dict[str, float] = {}  # restarted, not healthy yet: since when
+
+    def tick(self, now: float) -> None:
+        for m in self._procs:
+            name = m.service.name
+            if m.alive:
+                if name in self._recovering and healthy(m.service.url(m.env)):
+                    console.print(f"[green]{name} is healthy again ({now - self._recovering.pop(name):.0f} s "
+                                  "after its restart)[/green]")
+                continue
+            if m.proc is None:
+                continue  # hit the limit
+            if name in self._due:
+                if now >= self._due[name]:
+                    del self._due[name]
+                    m.restarts += 1
+                    m.start()
+                    self._recovering[name] = now
+                continue
+            self._died(m, now)
+
+    def _died(self, m: Managed, now: float) -> None:
+        name = m.service.name
+        code = m.proc.returncode if m.proc else None
+        ran = now - m.started_at
+        self._recovering.pop(name, None)
+        if m.restarts >= self._max:
+            err.print(f"[red]{name} {_how_it_ended(code)} after {ran:.0f} s and hit the restart limit "
+                      f"({self._max}); see {m.log_path}[/red]")
+            m.proc = None
+            return
+        self._quick[name] = self._quick.get(name, 0) + 1 if ran < self.QUICK_S else 0
+        delay = 0.0 if not self._quick[name] else min(self.MAX_BACKOFF_S, 2.0 ** (self._quick[name] - 1))
+        self._due[name] = now + delay
+        when = "now" if not delay else f"in {delay:.0f} s"
+        err.print(f"[yellow]{name} {_how_it_ended(code)} after {ran:.0f} s; restart {m.restarts + 1}/{self._max} "
+                  f"{when} (log: {m.log_path})[/yellow]")
 
 
 def up(
@@ -115,22 +175,11 @@ def up(
                 err.print(f"[yellow]Not healthy yet: {', '.join(m.service.name for m in failed)}[/yellow]")
         console.print(_health_table(asyncio.run(check_all(names)), {m.service.name: m.restarts for m in procs}))
         if "agent" in names:
-            console.print(f"Dashboard: {_dashboard_link(log_dir)}")
+            console.print(f"Dashboard: {_dashboard_link()}")
         console.print(f"Logs in {log_dir}/. Ctrl-C stops everything.")
+        supervisor = _Supervisor(procs, max_restarts)
         while not stopping:
-            for m in procs:
-                if m.alive:
-                    continue
-                code = m.proc.returncode if m.proc else None
-                if m.restarts >= max_restarts:
-                    if m.proc is not None:
-                        err.print(f"[red]{m.service.name} exited ({code}) and hit the restart limit; "
-                                  f"see {m.log_path}[/red]")
-                        m.proc = None
-                    continue
-                m.restarts += 1
-                err.print(f"[yellow]{m.service.name} exited ({code}); restart {m.restarts}/{max_restarts}[/yellow]")
-                m.start()
+            supervisor.tick(time.monotonic())
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -252,6 +301,8 @@ def doctor(
     else:
         with console.status("TensorRT-LLM self-test: loading the engine (about a minute) ..."):
             add(*selftest.doctor_line(target))
+    for what, ok, fix in security_checks():
+        add(what, ok, fix)
     for s in SERVICES:
         port = int(s.url().rsplit(":", 1)[1])
         free = _port_free(port)

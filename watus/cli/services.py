@@ -101,7 +101,8 @@ class Managed:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s` (systemd's `TimeoutStopSec`: the LLM server drains first)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -110,6 +111,32 @@ class Managed:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def security_checks() -> list[tuple[str, bool, str]]:
+    """`watus doctor`'s lines on how each process is guarded: where it listens and whether a key is needed.
+
+    A process that would refuse to start (off loopback, no key, not allowed to be open) is a problem.
+    """
+    from pydantic import ValidationError
+
+    from watus.cli.settings_catalog import SERVICE_SETTINGS
+    from watus.core.security import bind_refusal, is_loopback
+
+    lines = []
+    for name, cls in SERVICE_SETTINGS.items():
+        try:
+            settings = cls()
+        except ValidationError as e:
+            lines.append((f"{name} settings", False, f"fix the {cls.env_prefix()}* settings: {e.errors()[0]['msg']}"))
+            continue
+        host, port = getattr(settings, "host", "127.0.0.1"), getattr(settings, "port", 0)
+        guard = "API key required" if settings.key() else "no API key"
+        where = "loopback only" if is_loopback(host) else "reachable from the network"
+        refusal = bind_refusal(name, settings, host, port)
+        lines.append((f"{name} listens on {host}:{port} ({where}), {guard}", refusal is None,
+                      f"set {cls.env_prefix()}API_KEY or WATUS_API_KEY (it would refuse to start)"))
+    return lines
 
 
 def healthy(url: str) -> bool:

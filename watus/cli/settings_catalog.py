@@ -14,7 +14,7 @@ from audio.settings import AudioSettings
 from trt_server.settings import LLMSettings
 from vision.settings import VisionSettings
 from watus.agent.settings import AgentSettings
-from watus.core.config import settings_reference
+from watus.core.config import ServiceSettings, settings_reference
 from watus.core.modelstore import ModelStoreSettings
 
 #: (section title, class) in the order the README and the env file show them.
@@ -25,6 +25,11 @@ CATALOG: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("Agent (`python -m watus`, `watus listen`, `watus chat`)", AgentSettings),
     ("Model cache (`watus models`)", ModelStoreSettings),
 )
+
+
+#: The four HTTP processes' settings, by the names `watus up` uses.
+SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {"llm": LLMSettings, "vision": VisionSettings,
+                                                      "audio": AudioSettings, "agent": AgentSettings}
 
 
 def settings_classes() -> list[tuple[str, type[BaseSettings]]]:

@@ -3,7 +3,8 @@
 Every failure a client can cause is an `APIError` subclass, raised anywhere below the routers and
 written as `{"error": {"message", "type", "param", "code"}}` with its status by the handlers that
 `install_error_handlers` adds; FastAPI's validation errors, Starlette's HTTP errors (404, 405, ...)
-and malformed JSON get the same body shape. A service keeps serving after any of them.
+and malformed JSON get the same body shape; so does an exception nothing expected (a bug): a 500 of
+type `server_error`, logged once with its traceback. A service keeps serving after any of them.
 
 Each service's `errors.py` re-exports these names, adds its own subclasses, and calls
 `install_error_handlers` with what differs between services (its logger, extra codes, quiet statuses).
@@ -12,6 +13,7 @@ Needs FastAPI, so only the service processes import it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Collection, Mapping
@@ -21,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,40 @@ class InternalEngineError(APIError):
     code = "engine_error"
 
 
+class AuthenticationError(APIError):
+    """No API key, or the wrong one (`watus.core.security`)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class RequestTooLargeError(APIError):
+    """A request body over its limit (`watus.core.bodylimit`); a service may give a path its own code."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a body is read past its limit, carrying the error to answer with.
+
+    An `HTTPException` because FastAPI lets those out of its body parsing unchanged (any other exception
+    there becomes a 400 "error parsing the body"); `install_error_handlers` answers it with `error`'s body.
+    """
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.status, error.message, headers={"Connection": "close", **error.headers})
+        self.error = error
+
+
+async def send_error(error: APIError, scope: Scope, receive: Receive, send: Send,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer an ASGI request with `error`'s body, for middleware that answers before the app does."""
+    response = JSONResponse(error.body(), status_code=error.status, headers={**error.headers, **(headers or {})})
+    await response(scope, receive, send)
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -124,3 +161,38 @@ def install_error_handlers(app: FastAPI, *, logger: logging.Logger = log, http_c
     async def _json(_: Request, exc: json.JSONDecodeError) -> JSONResponse:
         return JSONResponse(error_body(f"Request body is not valid JSON: {exc}", "invalid_request_error"),
                             status_code=400)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(exc.error.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware calls this, sends the answer (unless a stream already started)
+        # and re-raises for the server to log; the mark keeps uvicorn from printing the traceback twice.
+        logger.error("unhandled error in %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
+                     exc_info=exc)
+        with contextlib.suppress(AttributeError):  # an exception type without a __dict__ is logged twice
+            exc.__dict__[_LOGGED] = True
+        return JSONResponse(error_body(f"Internal server error ({type(exc).__name__}); the service's log has the "
+                                       "details.", "server_error", None, "internal_error"), status_code=500)
+
+    _quiet_uvicorn_duplicate()
+
+
+#: Attribute of an exception that the catch-all has logged.
+_LOGGED = "_watus_logged"
+
+
+class _AlreadyLogged(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" for an exception the catch-all logged already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, _LOGGED, False)
+
+
+def _quiet_uvicorn_duplicate() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _AlreadyLogged) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_AlreadyLogged())

@@ -26,16 +26,25 @@ def _address() -> str | None:
     return "\0" + addr[1:] if addr.startswith("@") else addr
 
 
-def notify(message: str) -> bool:
-    """Send one notify datagram (e.g. "READY=1\\nSTATUS=..."); False when not under systemd."""
+def notify(message: str, *, droppable: bool = False) -> bool:
+    """Send one notify datagram (e.g. "READY=1\\nSTATUS=..."); False when not under systemd.
+
+    `droppable` (the watchdog pings): never wait for room in the receiver's queue (net.unix.max_dgram_qlen,
+    10 datagrams by default). The pings come from the event loop they vouch for, which must not stop
+    because the receiver is slow to read; a ping dropped is followed by the next one.
+    """
     addr = _address()
     if addr is None:
         return False
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if droppable else 0)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(addr)
             sock.sendall(message.encode())
         return True
+    except BlockingIOError:
+        log.debug("sd_notify to %s: the receiver's queue is full; %r dropped", addr, message)
+        return False
     except OSError as e:
         log.warning("sd_notify to %s failed: %s", addr, e)
         return False
@@ -73,5 +82,5 @@ async def watchdog_loop(alive: Callable[[], bool] = lambda: True) -> None:
     log.info("systemd watchdog: pinging every %.1f s", interval)
     while True:
         if alive():
-            notify("WATCHDOG=1")
+            notify("WATCHDOG=1", droppable=True)
         await asyncio.sleep(interval)

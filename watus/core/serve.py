@@ -3,7 +3,9 @@
 READY=1 is sent once the service's own `GET /health` answers 200 — the one definition of "models loaded
 and warmed" each service already has — so `watus-agent` (ordered after the others) starts only when they
 can answer. WATCHDOG=1 comes from a task on the service's event loop: a blocked loop stops the pings and
-systemd restarts the process. A model that fails to load stops the server with a non-zero status.
+systemd restarts the process. A model that fails to load stops the server with a non-zero status. SIGTERM
+is a clean stop: STOPPING=1, the app's drain if it keeps one (`watus.core.drain`), uvicorn's graceful
+shutdown, exit status 0.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Callable
 from types import FrameType
 
@@ -19,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from watus.core import sdnotify
+from watus.core.drain import drain_of
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +60,40 @@ def serve(make_app: Callable[[LoadFailure], FastAPI], host: str, port: int, *, n
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=graceful_s)
     server = make_server(config, app) if make_server is not None else uvicorn.Server(config)
-    # STOPPING=1 when the stop is asked: uvicorn re-raises the signal once it has shut down, so code after
-    # `serve()` may never run.
+    # STOPPING=1 when the stop is asked. SIGTERM (systemd's stop) first drains an app that keeps a `Drain`
+    # (watus.core.drain); a second SIGTERM stops at once.
     handle_exit = server.handle_exit
+    drain = drain_of(app)
+    drain_asked = asyncio.Event()
+    loop: list[asyncio.AbstractEventLoop] = []
 
     def stopping_then_exit(sig: int, frame: FrameType | None) -> None:
         sdnotify.stopping()
+        if sig == signal.SIGTERM and drain is not None and loop and not drain_asked.is_set():
+            loop[0].call_soon_threadsafe(drain_asked.set)
+            return
         handle_exit(sig, frame)
+
+    def stopped(sig: int, frame: FrameType | None) -> None:
+        # uvicorn puts back the handler it found and raises the signal again once it has shut down; a stop
+        # that was asked for is a clean exit (status 0), so that replay lands here and only stops.
+        server.should_exit = True
 
     server.handle_exit = stopping_then_exit  # type: ignore[method-assign]
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     url = f"http://{probe_host}:{port}"
 
+    async def drain_then_exit() -> None:
+        await drain_asked.wait()
+        if drain is not None:
+            await drain.run()
+        handle_exit(signal.SIGTERM, None)
+
     async def main(srv: uvicorn.Server) -> None:
+        loop.append(asyncio.get_running_loop())
         tasks = [asyncio.create_task(sdnotify.watchdog_loop(lambda: not failed)),
-                 asyncio.create_task(_ready_when_healthy(srv, url, name))]
+                 asyncio.create_task(_ready_when_healthy(srv, url, name)),
+                 asyncio.create_task(drain_then_exit())]
         try:
             await srv.serve()
         finally:
@@ -78,6 +101,7 @@ def serve(make_app: Callable[[LoadFailure], FastAPI], host: str, port: int, *, n
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    signal.signal(signal.SIGTERM, stopped)
     asyncio.run(main(server))
     # `started` stays False when the port could not be bound.
     return 1 if failed or not server.started else 0

@@ -2,6 +2,10 @@
 // and two POSTs (a typed message, stop talking). No libraries: the robot is offline.
 "use strict";
 
+// Opened as /?key=<key>: the agent answered with the cookie that stands for the key, so the key leaves the
+// address bar (and the history, and any bookmark made from it).
+if (new URLSearchParams(location.search).has("key")) history.replaceState(null, "", location.pathname);
+
 const STAGES = ["asr_done", "scene_fetched", "llm_first_token", "first_sentence", "tts_first_audio",
   "playback_start", "playback_end"];
 // The same stages and colours as the benchmark's waterfall (docs/e2e_waterfall.png).
