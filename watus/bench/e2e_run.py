@@ -35,7 +35,7 @@ from watus.bench.e2e_turns import Slot, label_pass, mic_slots, pass_progress, qu
 from watus.bench.e2e_workload import WARMUP_QUESTION, make_mic_folder, vision_folder
 from watus.bench.e2e_writers import chart_link, render_markdown, write_json_summary, write_jsonl
 from watus.bench.procs import free_port as _free_port
-from watus.bench.procs import own_cpu_seconds, service
+from watus.bench.procs import own_cpu_seconds, service, wait_agent_connected
 from watus.core.telemetry import TelemetrySampler
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,6 @@ class E2EBenchError(RuntimeError):
 
 
 # --- one mode ---------------------------------------------------------------------------------------------------
-
-
-def _wait_connected(agent_url: str, until: float) -> bool:
-    """Whether the agent reports its audio event stream connected before `until` (monotonic s)."""
-    with httpx.Client(trust_env=False, timeout=3.0) as http:
-        while time.monotonic() < until:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if http.get(agent_url + "/health").json().get("audio_events") == "connected":
-                    return True
-            time.sleep(0.25)
-    return False
 
 
 def _collect(turn_log: Path, utterances: UtteranceLog, slots: list[Slot], deadline: float, label: str,
@@ -137,7 +126,7 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
                                     cfg.startup_timeout_s, E2EBenchError))
         started = time.monotonic()
         ses.progress(f"{label}: starting agent + audio", 1, 1)
-        if not _wait_connected(agent_url, started + cfg.lead_in_s * 0.75):
+        if not wait_agent_connected(agent_url, started + cfg.lead_in_s * 0.75):
             result.errors.append(f"{label}: the agent was not subscribed to the audio events within "
                                  f"{cfg.lead_in_s * 0.75:.0f} s; the first question may be lost")
         sampler = stack.enter_context(TelemetrySampler(0.5))

@@ -80,3 +80,14 @@ def own_cpu_seconds() -> float:
             times = proc.cpu_times()
             total += times.user + times.system
     return total
+
+
+def wait_agent_connected(agent_url: str, until: float) -> bool:
+    """Whether the agent reports its audio event stream connected before `until` (monotonic s)."""
+    with httpx.Client(trust_env=False, timeout=3.0) as http:
+        while time.monotonic() < until:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if http.get(agent_url + "/health").json().get("audio_events") == "connected":
+                    return True
+            time.sleep(0.25)
+    return False

@@ -14,7 +14,6 @@ through the audio events (`soak_verdict`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from watus.bench.e2e_cutter import PlaybackCutter
 from watus.bench.e2e_questions import Question, parse_question
 from watus.bench.e2e_turns import Slot, mic_slots
 from watus.bench.e2e_workload import make_mic_folder
-from watus.bench.procs import free_port, service
+from watus.bench.procs import free_port, service, wait_agent_connected
 from watus.bench.soak_sampler import MachineSample, ProcSampler
 from watus.bench.soak_verdict import (
     FAIL,
@@ -111,17 +110,6 @@ class SoakResult:
         return PASS if ok else FAIL
 
 
-def _wait_connected(agent_url: str, until: float) -> bool:
-    """Whether the agent reports its audio event stream connected before `until` (monotonic s)."""
-    with httpx.Client(trust_env=False, timeout=3.0) as http:
-        while time.monotonic() < until:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                if http.get(agent_url + "/health").json().get("audio_events") == "connected":
-                    return True
-            time.sleep(0.25)
-    return False
-
-
 def _model_name(llm_url: str) -> str | None:
     try:
         return str(httpx.get(llm_url + "/v1/models", timeout=5.0, trust_env=False).json()["data"][0]["id"])
@@ -192,7 +180,7 @@ def _soak(cfg: SoakConfig, result: SoakResult, stack: ExitStack, out_dir: Path, 
     audio_up_ns = time.monotonic_ns()
     result.pids = {name: p.pid for name, p in procs.items()}
     result.llm_model = _model_name(urls["llm"])
-    if not _wait_connected(urls["agent"], time.monotonic() + cfg.lead_in_s * 0.75):
+    if not wait_agent_connected(urls["agent"], time.monotonic() + cfg.lead_in_s * 0.75):
         # Not an error by itself: if the first question is lost for it, the turn verdict says so.
         log.warning("soak: the agent was not subscribed to the audio events in time; the first question may be lost")
     total_s = cfg.minutes * 60.0
