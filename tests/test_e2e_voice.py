@@ -224,7 +224,9 @@ def test_watus_listen_with_a_wav_microphone(llm_url: str, voice: Voice, tmp_path
                         str(tmp_path / "out.wav"), "--turns", "1", "--log-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
-    assert "you> Hello, how are you?" in r.stdout and "watus>" in r.stdout and "e2e" in r.stdout
+    heard = next((line[4:] for line in r.stdout.splitlines() if line.startswith("you> ")), "")
+    assert _words(heard) == ["hello", "how", "are", "you"], r.stdout  # punctuation is whisper's choice
+    assert "watus>" in r.stdout and "e2e" in r.stdout
     (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=1)
     assert rec["e2e_ms"] is not None and rec["reply"]
 
