@@ -36,8 +36,8 @@ def test_distinct_prompts_do_not_grow_the_server(tmp_path: Path) -> None:
         for i in range(3):  # warm: buffers, the first allocations
             ask(i)
         before = _rss_mb(proc.pid)
-        for i in range(3, 19):
+        for i in range(3, 13):
             ask(i)
         after = _rss_mb(proc.pid)
-    # With llama.cpp's default cache these 16 prompts add ~300 MB; without it, allocator noise.
-    assert after - before < 60, (before, after)
+    # With llama.cpp's default cache these 10 prompts add ~150 MB (16 added 249 MB); without it, allocator noise.
+    assert after - before < 50, (before, after)
