@@ -44,21 +44,38 @@ def run_service(module: str, env: dict[str, str], port: int, log_path: Path) -> 
 
 
 @contextmanager
-def service_process(module: str, env: dict[str, str], port: int,
-                    log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Like `run_service`, also yielding the process (for tests that kill it)."""
-    full_env = {**os.environ, **env}
+def service_process(module: str, env: dict[str, str], port: int, log_path: Path, *, healthy: bool = True,
+                    timeout: float = 60.0, base_env: dict[str, str] | None = None,
+                    ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like `run_service`, also yielding the process (for tests that kill it). `healthy=False` waits only
+    until /health answers at all (a process that stays 503); `base_env` replaces this process's environment."""
+    full_env = {**(os.environ if base_env is None else base_env), **env}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_healthy(url, proc)
+            if healthy:
+                wait_healthy(url, proc, timeout=timeout)
+            else:
+                _wait_answering(url, proc, timeout, log_path)
             yield url, proc
         finally:
             proc.terminate()
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _wait_answering(url: str, proc: subprocess.Popen[bytes], timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
+        try:
+            httpx.get(url + "/health", timeout=2)
+            return
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+            time.sleep(0.2)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ROOT, free_port, wait_healthy
+from tests.helpers import ROOT, free_port, service_process
 from vision.samples import sample_image
 
 pytestmark = pytest.mark.slow
@@ -71,32 +71,11 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 @contextmanager
 def _process(module: str, extra: dict[str, str], port: int, log_path: Path, *, healthy: bool = True,
              timeout: float = 300.0) -> Iterator[str]:
-    """`python -m module` on `port`; waits until /health is 200 (`healthy`) or answers at all."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module], env=_env(extra), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if healthy:
-            wait_healthy(url, proc, timeout=timeout)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
-                try:
-                    httpx.get(url + "/health", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline, f"{module} did not answer in {timeout} s"
-                    time.sleep(0.2)
+    """`python -m module` on `port` without the developer's keys; waits until /health is 200 (`healthy`)
+    or answers at all."""
+    with service_process(module, extra, port, log_path, healthy=healthy, timeout=timeout,
+                         base_env=_env({})) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
