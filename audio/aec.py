@@ -110,6 +110,7 @@ class EchoCanceller:
         self._far_min = (10 ** (FAR_ACTIVE_DBFS / 20)) ** 2 * FRAME
         self.stats = EchoStats("aec", requested, delay_hint_ms=delay_ms, noise_suppression=noise_suppression)
         self.last_far = np.zeros(0, np.float32)  # the reference of the last `process` output, sample for sample
+        self.last_near = np.zeros(0, np.float32)  # the microphone input of the last `process` output
 
     @property
     def carry(self) -> int:
@@ -131,6 +132,7 @@ class EchoCanceller:
         first_ns = end_ns - int((len(buf) - 1) * 1e9 / ASR_RATE)  # capture time of buf[0]
         far = self._far.read(first_ns, n)
         self.last_far = far
+        self.last_near = buf[:n]
         out = np.empty(n, np.float32)
         for i in range(0, n, FRAME):
             near_f, far_f = buf[i:i + FRAME], far[i:i + FRAME]

@@ -100,6 +100,8 @@ class PauseWatch:
         # Stream position by which the VAD must confirm a pause by sound (0: none pending). Positions, not
         # the clock: a listener running late on a busy machine must not resume a pause the VAD confirms.
         self._confirm_by = 0
+        #: Stream position of the first loud or speech frame of the last pause (the barge-in's onset).
+        self.onset_pos: int | None = None
 
     def frame(self, prob: float, level: float, gate: Gate, floor: float | None, frame_start: int,
               in_speech: bool, captured_at: Callable[[int], int]) -> None:
@@ -122,7 +124,7 @@ class PauseWatch:
             if self._paused:
                 self._resume_at = max(self._resume_at, now + self._hold_ns)
             elif self._run >= self._needed and sp.audible() and sp.pause(captured_at(self._run_start)):
-                self._paused, self._deciding = True, None
+                self._paused, self._deciding, self.onset_pos = True, None, self._run_start
                 self._resume_at = now + self._hold_ns
         else:
             self._run = 0
@@ -155,7 +157,7 @@ class PauseWatch:
             if (trusted and not self._paused and self._loud >= s.barge_in_aec_frames and sp.audible()
                     and sp.pause(captured_at(self._loud_start))):
                 now = time.monotonic_ns()
-                self._paused, self._deciding = True, None
+                self._paused, self._deciding, self.onset_pos = True, None, self._loud_start
                 self._resume_at = now + self._hold_ns
                 self._confirm_by = self._loud_start + s.barge_in_confirm_ms * ASR_RATE // 1000
 

@@ -38,6 +38,7 @@ from audio.bargein import PausableSpeaker, PauseWatch
 from audio.events import EventBus
 from audio.farend import FarEnd
 from audio.metrics import AudioMetrics
+from audio.overlap import OverlapRepair
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from audio.settings import AudioSettings, EchoMode
@@ -125,6 +126,9 @@ class Listener:
         self._far = far
         self._wake = wake
         self._pauses = PauseWatch(settings, speaker, vad.frame_samples) if speaker is not None else None
+        self._repair = (OverlapRepair(taps=settings.aec_overlap_taps)
+                        if echo is not None and settings.aec_overlap_repair else None)
+        self._speech_start_pos = 0
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
         self._decision: tuple[str, float | None, float | None] = ("silence", None, None)
         self._queue: queue.Queue[tuple[F32, int, int] | _End] = queue.Queue(settings.mic_queue_blocks)
@@ -213,6 +217,8 @@ class Listener:
             samples = self._echo.process(samples, t_ns, near_speech=self._seg.in_speech)
             t_ns -= int(self._echo.carry * 1e9 / ASR_RATE)  # the carried samples come out with the next block
         first_pos = self._seg.position + len(self._buf)
+        if self._repair is not None and self._echo is not None and len(samples):
+            self._repair.add(first_pos, self._echo.last_near, self._echo.last_far)
         self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples
         self._clock_pos = self._seg.position + len(self._buf)
         self._clock_ns = t_ns
@@ -273,6 +279,7 @@ class Listener:
         now = time.monotonic_ns()
         if isinstance(ev, SpeechStart):
             self._speech_start_ns = now
+            self._speech_start_pos = ev.start
             self._utterance = new_turn_id()
             self._decision = ("silence", None, None)
             talking = self._speaker is not None and self._speaker.talking()
@@ -322,7 +329,8 @@ class Listener:
 
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
-        spec = _Speculation(self._asr.submit(ev.audio, self._utterance_options(), source="mic"), ev.end)
+        audio, _ = self._repaired(ev.audio, ev.audio_start)
+        spec = _Speculation(self._asr.submit(audio, self._utterance_options(), source="mic"), ev.end)
         self._spec = spec
         utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
 
@@ -336,6 +344,29 @@ class Listener:
                 speech_end_captured_ns=captured, asr_ms=round(t.asr_ms, 1)))
 
         spec.future.add_done_callback(done)
+
+    def _repaired(self, audio: F32, audio_start: int) -> tuple[F32, float | None]:
+        """The utterance's audio for ASR: a barge-in's overlap with the robot restored (`audio.overlap`), and
+        the time that took (ms; None if nothing was repaired)."""
+        if self._repair is None or not self._barge_in:
+            return audio, None
+        onset = self._speech_start_pos
+        paused_at = self._pauses.onset_pos if self._pauses is not None else None
+        if paused_at is not None and audio_start <= paused_at < onset:
+            onset = paused_at  # the sound rule heard it before the VAD did
+        t = time.perf_counter()
+        try:
+            repaired, done = self._repair.repair(audio, audio_start, onset)
+        except Exception:  # the canceller's output is still there: never lose the utterance over this
+            log.exception("overlap repair failed; transcribing the cancelled audio")
+            return audio, None
+        self._metrics.overlap_repairs.labels("repaired" if done else "kept").inc()
+        if done is None:
+            return audio, None
+        ms = (time.perf_counter() - t) * 1000
+        log.info("barge-in overlap repaired: %.0f ms of audio (linear fit %.1f dB, %.0f ms)",
+                 (done.end - done.start) * 1000 / ASR_RATE, done.fit_erle_db, ms)
+        return repaired, ms
 
     def _utterance_options(self) -> TranscribeOptions:
         """An utterance begun over the robot is transcribed with the wider beam (`asr_barge_in_beam_size`)."""
@@ -369,13 +400,15 @@ class Listener:
             silence_ms=round((self._seg.position - ev.end) * 1000 / ASR_RATE, 1),
             model_ms=None if model_ms is None else round(model_ms, 1)))
         spec, self._spec = self._spec, None
+        repair_ms: float | None = None
         if spec is not None and spec.end == ev.end and not spec.future.cancelled():
             future, speculative = spec.future, True
             self._metrics.speculative.labels("used").inc()
         else:
             if spec is not None:
                 spec.future.cancel()
-            future, speculative = self._asr.submit(ev.audio, self._utterance_options(), source="mic"), False
+            audio, repair_ms = self._repaired(ev.audio, ev.audio_start)
+            future, speculative = self._asr.submit(audio, self._utterance_options(), source="mic"), False
         if self._pauses is not None:
             self._pauses.utterance_ended(turn)  # its transcript decides: no words → resume; words → the agent
         start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE
@@ -398,6 +431,8 @@ class Listener:
             stages = {"speech": round(speech_ms, 1), "end_silence": round(silence_ms, 1),
                       "asr_queue": round(t.queue_ms, 1), "asr": round(t.asr_ms, 1),
                       "eos_to_transcript": round(eos_ms, 1)}
+            if repair_ms is not None:
+                stages["overlap_repair"] = round(repair_ms, 1)
             log.info("turn %s: %r (%.0f ms after end of speech%s)", turn, t.text, eos_ms,
                      ", speculative" if speculative else "")
             self._bus.publish_threadsafe(TranscriptEvent(

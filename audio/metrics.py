@@ -38,6 +38,10 @@ class AudioMetrics:
         self.utterances = m.counter("watus_audio_utterances_total", "Utterances by outcome.", r, ("outcome",))
         self.turn_decisions = m.counter("watus_audio_turn_end_decisions_total", "End-of-turn model decisions at "
                                         "the first pause: complete, incomplete, unsure.", r, ("decision",))
+        self.overlap_repairs = m.counter("watus_audio_overlap_repairs_total", "Barge-in utterances whose "
+                                         "overlap with the robot's speech was repaired for ASR (repaired), or "
+                                         "kept as cancelled (kept: the linear fit was not good enough).", r,
+                                         ("outcome",))
         self.speculative = m.counter("watus_audio_speculative_asr_total", "Speculative transcriptions by "
                                      "outcome (used, discarded).", r, ("outcome",))
         self.interruptions = m.counter("watus_audio_interruptions_total", "Playback interrupted, by reason.",

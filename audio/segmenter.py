@@ -74,6 +74,7 @@ class SpeechStart:
 class Pause:
     audio: F32  # the utterance so far, ending `tail_ms` after the last speech frame
     end: int  # sample position just after the last speech frame
+    audio_start: int = 0  # sample position of `audio[0]`
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class SpeechEnd:
     start: int
     end: int  # just after the last speech frame
     reason: str  # "silence", "max_length", "end_of_input"
+    audio_start: int = 0  # sample position of `audio[0]` (the pre-roll's first sample)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Segmenter:
         self._frames: list[F32] = []  # the utterance while in speech
         self._in_speech = False
         self._start = 0
+        self._audio_start = 0
         self._last_speech_end = 0
         self._last_speech_idx = 0  # frames in `_frames` up to the last speech frame
         self._silence = 0
@@ -145,7 +148,7 @@ class Segmenter:
             self._silence += 1
             if cfg.pause_ms is not None and not self._paused and self._silence >= cfg.frames(cfg.pause_ms):
                 self._paused = True
-                events.append(Pause(self._audio(), self._last_speech_end))
+                events.append(Pause(self._audio(), self._last_speech_end, self._audio_start))
         length_ms = (self._pos - self._start) * 1000 / cfg.sample_rate
         if self._silence >= self._end_frames:
             events.append(self._finish("silence"))
@@ -206,6 +209,7 @@ class Segmenter:
         self._burst = None
         frames = list(self._pre)[-pre:] if pre else []
         self._frames = [*frames, *self._run]
+        self._audio_start = self._pos - sum(len(f) for f in self._frames)
         self._pre.clear()
         self._run = []
         self._in_speech = True
@@ -221,7 +225,7 @@ class Segmenter:
 
     def _finish(self, reason: str) -> SegEvent:
         cfg = self.cfg
-        audio, start, end = self._audio(), self._start, self._last_speech_end
+        audio, start, end, audio_start = self._audio(), self._start, self._last_speech_end, self._audio_start
         self._in_speech = False
         self._frames = []
         self._silence, self._paused = 0, False
@@ -229,4 +233,4 @@ class Segmenter:
         speech_ms = (end - start) * 1000 / cfg.sample_rate
         if speech_ms < cfg.min_utterance_ms:
             return Dropped(start, end, "too_short")
-        return SpeechEnd(audio, start, end, reason)
+        return SpeechEnd(audio, start, end, reason, audio_start)

@@ -194,6 +194,12 @@ class AudioSettings(ServiceSettings):
                               "under-reports (see `watus doctor`).")
     aec_noise_suppression: bool = Field(False, description="WebRTC noise suppression after the echo canceller.")
     aec_high_pass: bool = Field(True, description="WebRTC high-pass filter (removes rumble and DC).")
+    aec_overlap_repair: bool = Field(True, description="`aec`: an utterance begun over the robot is transcribed "
+                                     "with its overlap (the first words, which AEC3 mutes while unsure) taken "
+                                     "from a linear echo estimate fitted on the robot's speech just before "
+                                     "(`audio.overlap`).")
+    aec_overlap_taps: int = Field(2048, ge=256, le=8192, description="`aec`: length of that linear echo path "
+                                  "(samples at 16 kHz; 2048 = 128 ms: the acoustic delay plus the room's decay).")
     barge_in: bool = Field(True, description="Listen for speech while the robot talks (a `speech_started` "
                            "event with `during_playback`); for a `say` request that does not choose, such speech "
                            "also stops playback (`interrupted`). The agent chooses, and stops playback itself.")
