@@ -330,7 +330,7 @@ class Listener:
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
         audio, _ = self._repaired(ev.audio, ev.audio_start)
-        spec = _Speculation(self._asr.submit(audio, self._utterance_options(), source="mic"), ev.end)
+        spec = _Speculation(self._asr.submit(audio, self._utterance_options(len(audio)), source="mic"), ev.end)
         self._spec = spec
         utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
 
@@ -368,11 +368,14 @@ class Listener:
                  (done.end - done.start) * 1000 / ASR_RATE, done.fit_erle_db, ms)
         return repaired, ms
 
-    def _utterance_options(self) -> TranscribeOptions:
-        """An utterance begun over the robot is transcribed with the wider beam (`asr_barge_in_beam_size`)."""
-        beam = self._settings.asr_barge_in_beam_size
-        if self._barge_in and beam > self._options.beam_size:
-            return dataclasses.replace(self._options, beam_size=beam)
+    def _utterance_options(self, samples: int) -> TranscribeOptions:
+        """A barge-in gets the wider beam (`asr_barge_in_beam_size`) and Whisper's full window: its first words
+        decide the interruption. Other live turns up to `asr_fit_max_s` get the fitted window (`asr.fitted`)."""
+        if self._barge_in:
+            return dataclasses.replace(self._options, beam_size=max(self._settings.asr_barge_in_beam_size,
+                                                                    self._options.beam_size))
+        if self._settings.asr_fit_window and samples <= self._settings.asr_fit_max_s * ASR_RATE:
+            return dataclasses.replace(self._options, fit_window=True)
         return self._options
 
     def _cancel_speculation(self) -> None:
@@ -408,7 +411,7 @@ class Listener:
             if spec is not None:
                 spec.future.cancel()
             audio, repair_ms = self._repaired(ev.audio, ev.audio_start)
-            future, speculative = self._asr.submit(audio, self._utterance_options(), source="mic"), False
+            future, speculative = self._asr.submit(audio, self._utterance_options(len(audio)), source="mic"), False
         if self._pauses is not None:
             self._pauses.utterance_ended(turn)  # its transcript decides: no words → resume; words → the agent
         start_s, end_s = ev.start / ASR_RATE, ev.end / ASR_RATE
@@ -439,6 +442,7 @@ class Listener:
                 t_ns=now, turn_id=turn, text=t.text, language=t.language,
                 language_probability=round(t.language_probability, 3), t0_ns=t0, speech_started_ns=speech_start_ns,
                 speech_end_captured_ns=end_captured, audio_start_s=round(start_s, 3), audio_end_s=round(end_s, 3),
-                stages_ms=stages, speculative=speculative, rtf=round(t.rtf, 4), barge_in=barge_in))
+                stages_ms=stages, speculative=speculative, rtf=round(t.rtf, 4), asr_window_s=t.window_s,
+                barge_in=barge_in))
 
         future.add_done_callback(done)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from audio.aec import EchoCanceller, EchoStats, make_echo
@@ -87,7 +88,7 @@ async def load_models(settings: AudioSettings, metrics: AudioMetrics | None = No
     tts = TtsRunner(metrics)
     times: dict[str, float] = {}
 
-    async def timed(name: str, fut: asyncio.Future[Any]) -> None:
+    async def timed(name: str, fut: Awaitable[Any]) -> None:
         t = time.perf_counter()
         await fut
         times[name] = round((time.perf_counter() - t) * 1000, 1)
@@ -111,7 +112,12 @@ async def load_models(settings: AudioSettings, metrics: AudioMetrics | None = No
             for _ in default.engine.synthesize("Hello, I am ready.", default.voice, 1.0):
                 pass
 
-        await asyncio.gather(timed("asr_warmup", asyncio.wrap_future(asr.warm_up(asr_options(settings)))),
+        async def warm_asr() -> None:  # both windows: each shape allocates on its first call
+            await asyncio.wrap_future(asr.warm_up(asr_options(settings)))
+            if settings.asr_fit_window:
+                await asyncio.wrap_future(asr.warm_up(replace(asr_options(settings), fit_window=True)))
+
+        await asyncio.gather(timed("asr_warmup", warm_asr()),
                              timed("tts_warmup", asyncio.wrap_future(tts.run(warm_tts))))
     log.info("models ready: ASR %s, default voice %s (%s)", asr_engine.model_id, voices.default.name, times)
     return Models(asr, tts, voices, times, turn)

@@ -273,7 +273,9 @@ def test_preemptive_reply_is_confirmed_and_spoken(stack: tuple[ExitStack, dict[s
     _start(es, env, mic, tmp_path)
     (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=90)
     assert wer("hello robot what is your name", rec["transcript"]) <= 0.2, rec["transcript"]
-    assert rec["preemptive"] == "hit" and rec["preemptive_misses"] == 0, rec
+    # The comma may be a pause long enough for a speculative reply that the rest of the question cancels
+    # (a miss); the reply that was spoken is the one started from the whole question's pause.
+    assert rec["preemptive"] == "hit" and rec["preemptive_misses"] <= 1, rec
     assert rec["reply"].strip() and not rec["interrupted"] and rec["error"] is None
     t = rec["t_ns"]
     # Started from the speculative transcript (on a slow CPU it is ready only about when the final one is),

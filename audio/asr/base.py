@@ -33,6 +33,8 @@ class TranscribeOptions:
     beam_size: int = 1
     temperature: float = 0.0
     word_timestamps: bool = False
+    # Encode only the utterance plus padding (`audio.asr.fitted`): for live turns the reply waits on.
+    fit_window: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class AsrInfo:
     language: str
     language_probability: float
     duration: float
+    window_s: float = 30.0  # audio the encoder read per pass: Whisper's 30 s, or the fitted window
 
 
 class AsrEngine(Protocol):

@@ -22,8 +22,9 @@ from audio.asr.base import (
     TranscribeOptions,
     WordTiming,
 )
+from audio.asr.fitted import fitted_window_s, transcribe_fitted
 from audio.asr.models import resolve_asr_model
-from audio.pcm import F32
+from audio.pcm import ASR_RATE, F32
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class FasterWhisperEngine:
         self._device, self._compute_type, self._threads = device, compute_type, threads
         self.multilingual = False
         self._model: Any = None
+        self._tokenizers: dict[str, Any] = {}
 
     def load(self) -> None:
         try:
@@ -84,6 +86,8 @@ class FasterWhisperEngine:
             raise AsrError("ASR model not loaded")
         language = options.language if self.multilingual else "en"
         prompt, hotwords = prompt_of(options)
+        if options.fit_window and language and not options.word_timestamps and not hotwords:
+            return self._fitted(audio, language, prompt, options)
         segments, info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32), language=language, task="transcribe",
             beam_size=options.beam_size, temperature=options.temperature, initial_prompt=prompt,
@@ -94,6 +98,23 @@ class FasterWhisperEngine:
         meta = AsrInfo(language=str(info.language), language_probability=float(info.language_probability),
                        duration=float(info.duration))
         return meta, self._segments(segments, options.temperature)
+
+    def _fitted(self, audio: F32, language: str, prompt: str | None,
+                options: TranscribeOptions) -> tuple[AsrInfo, Iterator[AsrSegment]]:
+        from faster_whisper.tokenizer import Tokenizer
+
+        tokenizer = self._tokenizers.get(language)
+        if tokenizer is None:
+            tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe", language=language)
+            self._tokenizers[language] = tokenizer
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        ids, score, no_speech = transcribe_fitted(self._model, tokenizer, samples, prompt, options.beam_size)
+        duration = len(samples) / ASR_RATE
+        segment = AsrSegment(id=1, start=0.0, end=round(duration, 3), text=tokenizer.decode(ids), tokens=ids,
+                             avg_logprob=score, no_speech_prob=no_speech, temperature=options.temperature)
+        window = fitted_window_s(len(samples))
+        return (AsrInfo(language=language, language_probability=1.0, duration=duration, window_s=window),
+                iter([segment]))
 
     @staticmethod
     def _segments(segments: Iterator[Any], temperature: float) -> Iterator[AsrSegment]:

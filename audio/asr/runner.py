@@ -30,6 +30,7 @@ class Transcript:
     submitted_ns: int
     started_ns: int
     finished_ns: int
+    window_s: float = 30.0
 
     @property
     def queue_ms(self) -> float:
@@ -68,7 +69,8 @@ class AsrRunner:
         text = "".join(s.text for s in segs).strip()
         t = Transcript(text=" ".join(text.split()), language=info.language,
                        language_probability=info.language_probability, duration_s=len(audio) / ASR_RATE,
-                       segments=segs, submitted_ns=submitted, started_ns=started, finished_ns=finished)
+                       segments=segs, submitted_ns=submitted, started_ns=started, finished_ns=finished,
+                       window_s=info.window_s)
         if self._metrics is not None and source != "warmup":
             self._metrics.asr_latency.labels(source).observe(t.asr_ms / 1000)
             if t.duration_s > 0:

@@ -105,6 +105,8 @@ class Transcript(_Event):
                                         "speech, end_silence, asr_queue, asr, eos_to_transcript.")
     speculative: bool = Field(False, description="The transcript was started at the first pause.")
     rtf: float | None = Field(None, description="ASR time / audio time.")
+    asr_window_s: float | None = Field(None, description="Audio the ASR encoder read: Whisper's 30 s window, or "
+                                       "the utterance's fitted one (`WATUS_AUDIO_ASR_FIT_WINDOW`).")
     barge_in: bool = Field(False, description="The utterance started while the robot was talking.")
 
 
