@@ -42,6 +42,7 @@ from audio.overlap import OverlapRepair
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
 from audio.settings import AudioSettings, EchoMode
+from audio.turn_model import EndOfTurn
 from audio.vad import Vad
 from watus.core.timing import new_turn_id
 from watus.core.wire.audio import (
@@ -84,14 +85,6 @@ class _Speculation:
     future: Future[Transcript]
     end: int
     stale: bool = False  # speech resumed: its transcript is not the utterance's
-
-
-class EndOfTurn(Protocol):
-    """The end-of-turn model, as the listener uses it (`audio.turn_model`): complete, incomplete or unsure."""
-
-    def decide(self, audio: F32) -> tuple[str, float, float]:
-        """(decision, probability complete, inference ms) for the utterance so far."""
-        ...
 
 
 def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: bool) -> SegmenterConfig:
@@ -141,6 +134,7 @@ class Listener:
         self._resampler: StreamResampler | None = None
         self._buf = np.zeros(0, np.float32)
         self._spec: _Speculation | None = None
+        self._hold: int | None = None  # set by the ASR thread: the speculation ending here trails off
         self._speech_start_ns = 0
         self._barge_in = False
         # Maps a stream position (samples at 16 kHz) to the monotonic clock: the last block's end.
@@ -233,6 +227,8 @@ class Listener:
     def _frames(self) -> None:
         n = self._vad.frame_samples
         while len(self._buf) >= n:
+            if self._hold is not None:
+                self._hold_on()
             frame, self._buf = self._buf[:n], self._buf[n:]
             prob = self._vad(frame)
             gate = self._gate()
@@ -339,11 +335,25 @@ class Listener:
             if f.cancelled() or spec.stale or f.exception() is not None or not f.result().text.strip():
                 return
             t = f.result()
+            eot = self._end_of_turn
+            if eot is not None and self._decision[0] != "complete" and eot.trails_off(t.text):
+                self._hold = spec.end  # the listener thread makes the segmenter wait (it owns it)
             self._bus.publish_threadsafe(SpeculativeTranscript(
                 t_ns=time.monotonic_ns(), turn_id=utterance, text=t.text, language=t.language, pause_ns=pause_ns,
                 speech_end_captured_ns=captured, asr_ms=round(t.asr_ms, 1)))
 
         spec.future.add_done_callback(done)
+
+    def _hold_on(self) -> None:
+        """The speculative words stop where a sentence cannot (`turn_model.trails_off`): the utterance waits
+        `turn_incomplete_wait_ms`, as when the model says incomplete, if it is still the one they came from."""
+        hold, self._hold = self._hold, None
+        if self._spec is None or self._spec.end != hold or not self._seg.in_speech:
+            return
+        self._seg.wait_longer(self._settings.turn_incomplete_wait_ms)
+        if self._decision[0] != "incomplete":
+            self._metrics.turn_decisions.labels("trailing").inc()
+        self._decision = ("incomplete", *self._decision[1:])
 
     def _repaired(self, audio: F32, audio_start: int) -> tuple[F32, float | None]:
         """The utterance's audio for ASR: a barge-in's overlap with the robot restored (`audio.overlap`), and

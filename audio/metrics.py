@@ -37,7 +37,9 @@ class AudioMetrics:
                                         "(bounded queue full, or device overflow).", r, ("reason",))
         self.utterances = m.counter("watus_audio_utterances_total", "Utterances by outcome.", r, ("outcome",))
         self.turn_decisions = m.counter("watus_audio_turn_end_decisions_total", "End-of-turn model decisions at "
-                                        "the first pause: complete, incomplete, unsure.", r, ("decision",))
+                                        "the first pause: complete, incomplete, unsure; trailing: the speculative "
+                                        "words stopped where a sentence cannot, so the turn waited longer.", r,
+                                        ("decision",))
         self.overlap_repairs = m.counter("watus_audio_overlap_repairs_total", "Barge-in utterances whose "
                                          "overlap with the robot's speech was repaired for ASR (repaired), or "
                                          "kept as cancelled (kept: the linear fit was not good enough).", r,

@@ -31,7 +31,7 @@ from audio.settings import AudioSettings, EchoMode, MicBackend, TurnEndKind
 from audio.speak import SpeakQueue
 from audio.tts import Voices, select_tts
 from audio.tts.runner import TtsRunner
-from audio.turn_model import TurnModel, decide, model_path
+from audio.turn_model import TurnModel, decide, model_path, trails_off
 from audio.vad import select_vad
 from watus.core.wire.audio import MicEvent
 
@@ -54,10 +54,16 @@ class Models:
 class ModelEndOfTurn:
     """The end-of-turn decision the listener asks for at the first pause: the model and two thresholds."""
 
-    def __init__(self, model: TurnModel, complete_at: float, incomplete_below: float) -> None:
+    def __init__(self, model: TurnModel, complete_at: float, incomplete_below: float,
+                 trailing_words: bool = True) -> None:
         self._model = model
         self._complete_at = complete_at
         self._incomplete_below = incomplete_below
+        self._trailing_words = trailing_words
+
+    def trails_off(self, text: str) -> bool:
+        """The speculative words stop where a sentence cannot (`turn_model.trails_off`), if that rule is on."""
+        return self._trailing_words and trails_off(text)
 
     def decide(self, audio: F32) -> tuple[str, float, float]:
         t = time.perf_counter()
@@ -189,7 +195,8 @@ class AudioRuntime:
             log.info("no microphone: listening is off (WATUS_AUDIO_MIC_BACKEND)")
             return
         vad = await asyncio.to_thread(select_vad, s)
-        end_of_turn = (ModelEndOfTurn(self.models.turn, s.turn_complete_at, s.turn_incomplete_below)
+        end_of_turn = (ModelEndOfTurn(self.models.turn, s.turn_complete_at, s.turn_incomplete_below,
+                                      s.turn_trailing_words)
                        if self.models.turn is not None else None)
         self.echo, self.echo_stats = make_echo(s.echo_mode, self.far, delay_ms=s.aec_delay_ms,
                                                noise_suppression=s.aec_noise_suppression, high_pass=s.aec_high_pass,

@@ -139,8 +139,11 @@ class AudioSettings(ServiceSettings):
                                     "is complete. Measured on synthetic voices, fragments score up to 0.985, so "
                                     "the default ends no turn early there; lower it only after measuring your "
                                     "users' speech (docs/benchmarks.md).")
-    turn_incomplete_below: float = Field(0.05, ge=0, lt=1, description="Model probability below which the person "
-                                         "is surely going on (the turn then waits `turn_incomplete_wait_ms`).")
+    turn_incomplete_below: float = Field(0.5, ge=0, lt=1, description="Model probability below which the person "
+                                         "is likely to go on (the turn then waits `turn_incomplete_wait_ms`).")
+    turn_trailing_words: bool = Field(True, description="With `turn_end=model`: a speculative transcript that "
+                                      "stops where a sentence cannot (\"go to the\", \"and\", Whisper's "
+                                      "\"...\") also waits `turn_incomplete_wait_ms`.")
     turn_incomplete_wait_ms: int = Field(1000, ge=0, le=10_000, description="Silence that ends a turn the model "
                                          "called incomplete.")
     turn_model_threads: int = Field(1, ge=1, le=16, description="CPU threads of the end-of-turn model.")

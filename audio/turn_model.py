@@ -20,8 +20,9 @@ the turn now), `incomplete` (wait longer for more speech), `unsure` (keep the us
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -40,11 +41,33 @@ INPUT_NAME = "input_features"
 #: espeak-ng; 200 ms of silence after the speech; the phrases are in tests/test_audio_turn_model.py). The
 #: output tops out near 0.99 and fragments cut mid-sentence reach 0.985 (0.989 after a 300 ms pause), so no
 #: lower `complete_at` is safe from cutting someone off: on these voices `complete` almost never fires.
-#: Below 0.05 lie 17 % of the fragments and 5 % of the complete phrases (those wait longer; none is cut).
+#: `incomplete` is the model's own decision boundary (pipecat reads 0.5 as "not finished"): below it lie half
+#: the fragments (piper 17 of 34, espeak 14 of 34; "Hello Watus, I wanted to ask you," 0.39) and 9 % of
+#: piper's complete phrases (27 % of espeak's). A complete turn called incomplete only waits
+#: `turn_incomplete_wait_ms` instead of the silence tail; with preemptive replies that wait overlaps
+#: the reply's own preparation (~1 s on 2 cores), so it costs little, while a fragment ended early costs the turn.
 RECOMMENDED_COMPLETE_AT = 0.99
-RECOMMENDED_INCOMPLETE_BELOW = 0.05
+RECOMMENDED_INCOMPLETE_BELOW = 0.5
+#: Words an English sentence does not end with (articles, possessives, conjunctions, copulas): a speculative
+#: transcript ending in one is a person going on. Prepositions are left out because questions end with them
+#: ("where are you from?", "what is it for?"), and so are the particles of requests ("turn it on").
+TRAILING_WORDS = frozenset((
+    "the", "a", "an", "my", "your", "his", "her", "their", "our", "its", "of", "and", "or", "but", "nor",
+    "because", "if", "than", "then", "is", "are", "was", "were", "be", "been", "being", "um", "uh", "er"))
 # pipecat's variance epsilon in the waveform normalisation (transformers' WhisperFeatureExtractor value).
 _NORM_EPS = 1e-7
+
+
+class EndOfTurn(Protocol):
+    """The end-of-turn decision as the listener uses it (`audio.runtime.ModelEndOfTurn`)."""
+
+    def decide(self, audio: F32) -> tuple[str, float, float]:
+        """(complete | incomplete | unsure, probability complete, inference ms) for the utterance so far."""
+        ...
+
+    def trails_off(self, text: str) -> bool:
+        """Whether a speculative transcript stops where a sentence cannot (the turn then waits longer)."""
+        ...
 
 
 class TurnModelError(Exception):
@@ -69,6 +92,17 @@ def decide(prob: float, complete_at: float, incomplete_below: float) -> TurnDeci
     if prob < incomplete_below:
         return "incomplete"
     return "unsure"
+
+
+def trails_off(text: str) -> bool:
+    """The words stop where a sentence cannot: the last word is in `TRAILING_WORDS`, or Whisper wrote the
+    trailing ellipsis it gives speech that breaks off ("I would like to go to the..."). Whisper's other
+    punctuation at a pause says little (it ends most fragments with "." or "?"), so it is not read."""
+    stripped = text.strip()
+    if stripped.endswith(("...", "\u2026")):
+        return True
+    words = re.findall(r"[a-z']+", stripped.lower())
+    return bool(words) and words[-1] in TRAILING_WORDS
 
 
 def model_window(audio: F32) -> F32:
