@@ -316,6 +316,7 @@ class Listener:
             log.exception("end-of-turn model failed; using the silence tail")
             return
         self._decision = (decision, prob, ms)
+        log.info("first pause: the end-of-turn model says %s (p=%.3f, %.0f ms)", decision, prob, ms)
         self._metrics.turn_decisions.labels(decision).inc()
         if decision == "complete":
             for end in self._seg.end_now("complete"):

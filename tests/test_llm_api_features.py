@@ -216,6 +216,25 @@ def test_completions_with_several_prompts(client: openai.OpenAI, model_id: str) 
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 5
 
 
+def test_usage_counts_the_prompt_tokens_reused_from_the_cache(client: openai.OpenAI, model_id: str) -> None:
+    """A conversation's next request repeats the last one's prompt: llama.cpp reuses that prefix (its `cache_n`)
+    and usage says how much, as OpenAI's `prompt_tokens_details.cached_tokens` does."""
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "You are Watus, a robot in a kitchen. Answer in one short sentence. " * 6},
+        {"role": "user", "content": "What do you see on the table?"}]
+    first = client.chat.completions.create(model=model_id, messages=messages, max_tokens=3, temperature=0)
+    assert first.usage is not None and first.choices[0].message.content
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And under it?"}]
+    stream = client.chat.completions.create(model=model_id, messages=messages, max_tokens=3, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage is not None][-1]
+    details = usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None, usage
+    # The whole first prompt but its last few tokens (the chat template's ending differs) came from the cache.
+    assert first.usage.prompt_tokens - 10 <= details.cached_tokens < usage.prompt_tokens, (first.usage, usage)
+
+
 # --------------------------------------------------------------------------- logit_bias
 
 

@@ -42,6 +42,8 @@ class LLMMetrics:
         self.decode_tps = m.rate_histogram("watus_llm_decode_tokens_per_second",
                                            "Generated tokens after the first / their time.", registry)
         self.prompt_tokens = m.counter("watus_llm_prompt_tokens", "Prompt tokens processed.", registry)
+        self.cached_prompt_tokens = m.counter("watus_llm_prompt_tokens_cached", "Prompt tokens the engine "
+                                              "reused from its prompt cache (not prefilled again).", registry)
         self.completion_tokens = m.counter("watus_llm_completion_tokens", "Tokens generated.", registry)
         self.requests = m.counter("watus_llm_requests", "Finished requests.", registry,
                                   ("endpoint", "status"))
@@ -70,6 +72,8 @@ class Outcome:
     decode_tps: float | None = None
     queue_wait_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    #: Prompt tokens the engine reused from its prompt cache (None: it did not say).
+    cached_tokens: int | None = None
     #: perf_counter() of the first and last generated token (None before the first).
     first_s: float | None = None
     last_s: float | None = None
@@ -140,6 +144,8 @@ async def generate(
                     text += detok.flush()
             if delta.finish_reason:
                 finish = delta.finish_reason
+            if delta.cached_tokens is not None:
+                outcome.cached_tokens = min(delta.cached_tokens, len(prompt_ids))
             out = stopper.feed(text)
             if tokens is None:
                 if out:
@@ -183,6 +189,8 @@ def _record(outcome: Outcome, metrics: LLMMetrics, endpoint: str, request_id: st
     outcome.completion_tokens = produced
     outcome.first_s, outcome.last_s = first, (last if first is not None else None)
     metrics.prompt_tokens.inc(n_prompt)
+    if outcome.cached_tokens:
+        metrics.cached_prompt_tokens.inc(outcome.cached_tokens)
     metrics.completion_tokens.inc(produced)
     if first is not None:
         outcome.ttft_s = first - arrival
@@ -203,8 +211,9 @@ def _record(outcome: Outcome, metrics: LLMMetrics, endpoint: str, request_id: st
         "decode_tokens_per_s": round(outcome.decode_tps or 0.0, 1),
         "total_ms": round(total * 1000, 2),
     }
-    log.info("request %s %s: prompt %d tok, completion %d tok, finish %s, queue %.1f ms, ttft %.1f ms, "
-             "prefill %.0f tok/s, decode %.1f tok/s, total %.0f ms", request_id, endpoint, n_prompt, produced,
+    log.info("request %s %s: prompt %d tok (%s cached), completion %d tok, finish %s, queue %.1f ms, ttft %.1f ms, "
+             "prefill %.0f tok/s, decode %.1f tok/s, total %.0f ms", request_id, endpoint, n_prompt,
+             "?" if outcome.cached_tokens is None else outcome.cached_tokens, produced,
              finish, outcome.timings["queue_ms"], outcome.timings["ttft_ms"],
              outcome.timings["prefill_tokens_per_s"], outcome.timings["decode_tokens_per_s"], total * 1000)
 

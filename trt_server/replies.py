@@ -27,9 +27,26 @@ from trt_server.toolcalls import IncompleteToolCallError, ParsedToolCall, Stream
 Event = dict[str, Any] | bytes
 
 
-def _usage(run: Run, n_prompt: int) -> dict[str, int]:
+def _usage(run: Run, n_prompt: int) -> dict[str, Any]:
     n_completion = sum(s.outcome.completion_tokens for s in run.streams)
-    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion, "total_tokens": n_prompt + n_completion}
+    usage: dict[str, Any] = {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
+                             "total_tokens": n_prompt + n_completion}
+    cached = _cached(run, n_prompt)
+    if cached is not None:  # only where the engine said: a made-up 0 would read as "the cache missed"
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
+
+
+def _cached(run: Run, n_prompt: int) -> int | None:
+    """Prompt tokens served from the engine's cache, counted once per prompt as `prompt_tokens` is (the n
+    choices of one prompt share it: the most any of them reused); None if no stream's engine said."""
+    if all(s.outcome.cached_tokens is None for s in run.streams):
+        return None
+    best: dict[tuple[int, ...], int] = {}
+    for s in run.streams:
+        key = tuple(s.ids)
+        best[key] = max(best.get(key, 0), s.outcome.cached_tokens or 0)
+    return min(n_prompt, sum(best.values()))
 
 
 def _timings(run: Run) -> dict[str, float]:

@@ -84,6 +84,9 @@ class EngineDelta:
     #: With `SamplingParams.logprobs`: one entry per generated token of this delta, in order (tokens
     #: the engine does not count as output, such as end-of-generation ids, are left out).
     logprobs: list[TokenLogprob] | None = None
+    #: Prompt tokens the engine took from its cache instead of prefilling them (llama.cpp's `cache_n`,
+    #: TensorRT-LLM's reused KV-cache blocks); on any one delta, None where the engine cannot tell.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)

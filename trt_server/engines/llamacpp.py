@@ -288,6 +288,7 @@ class LlamaCppEngine:
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 texts: list[str] = []
+                cached: int | None = None
                 logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
                 finish: str | None = None
                 before = produced
@@ -306,12 +307,14 @@ class LlamaCppEngine:
                         logprobs.extend(_token_logprobs(choice.get("logprobs")))
                     finish = choice.get("finish_reason") or finish
                     timings = item.get("timings") or {}
+                    if "cache_n" in timings:  # prompt tokens llama.cpp kept from the slot's last prompt
+                        cached = int(timings["cache_n"])
                     usage = item.get("usage") or {}
                     total = int(usage.get("completion_tokens") or timings.get("predicted_n") or produced)
                     produced = max(produced, total)
                 if texts:
                     yield EngineDelta(text="".join(texts), n_tokens=produced - before, finish_reason=finish,
-                                      logprobs=logprobs)
+                                      logprobs=logprobs, cached_tokens=cached)
         finally:
             cancelled.set()
             # The worker returns at its next token once `cancelled` is seen; wait so the slot is free.
