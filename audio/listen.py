@@ -323,6 +323,8 @@ class Listener:
                 self._handle(end)
         elif decision == "incomplete":
             self._seg.wait_longer(self._settings.turn_incomplete_wait_ms)
+        elif self._settings.turn_unsure_silence_ms:
+            self._seg.wait_longer(self._settings.turn_unsure_silence_ms)
 
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()

@@ -141,6 +141,7 @@ class Segmenter:
         if prob >= cfg.neg_threshold:
             if self._paused:
                 events.append(Resume())
+                self._end_frames = cfg.frames(cfg.end_silence_ms)  # a wait asked at that pause is over
             self._silence, self._paused = 0, False
             self._last_speech_end = self._pos
             self._last_speech_idx = len(self._frames)

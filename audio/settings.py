@@ -146,6 +146,10 @@ class AudioSettings(ServiceSettings):
                                       "\"...\") also waits `turn_incomplete_wait_ms`.")
     turn_incomplete_wait_ms: int = Field(1000, ge=0, le=10_000, description="Silence that ends a turn the model "
                                          "called incomplete.")
+    turn_unsure_silence_ms: int = Field(0, ge=0, le=10_000, description="With `turn_end=model`: silence that ends "
+                                        "a turn the model is unsure of (0: `vad_end_silence_ms`). With the agent's "
+                                        "preemptive replies the reply is prepared during this silence, so up to ~1 s "
+                                        "costs little and cuts fewer mid-sentence pauses short.")
     turn_model_threads: int = Field(1, ge=1, le=16, description="CPU threads of the end-of-turn model.")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, le=2**31, description="Largest upload to "
                                   "`/v1/audio/transcriptions` (bytes); larger gets 413.")

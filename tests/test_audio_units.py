@@ -56,6 +56,18 @@ def test_segmenter_one_utterance_with_pause_and_resume() -> None:
     assert isinstance(pause, Pause) and np.array_equal(pause.audio, end.audio)
 
 
+def test_segmenter_waits_longer_only_over_the_pause_it_was_asked_at() -> None:
+    """end_silence 320 ms = 10 frames. A wait of 640 ms asked at the first pause holds it over 12 silent
+    frames; once speech resumes the usual 10 frames end the utterance again."""
+    seg = Segmenter(_cfg())
+    events = _run(seg, [0.0] * 5 + [0.9] * 20 + [0.0] * 4)  # the pause (128 ms = 4 frames) is reached
+    assert [type(e).__name__ for e in events] == ["SpeechStart", "Pause"]
+    seg.wait_longer(640)
+    assert _run(seg, [0.0] * 8) == []  # 12 silent frames: not over yet
+    events = _run(seg, [0.9] * 10 + [0.0] * 10)
+    assert [type(e).__name__ for e in events] == ["Resume", "Pause", "SpeechEnd"]
+
+
 def test_segmenter_drops_short_and_cuts_long() -> None:
     seg = Segmenter(_cfg())
     events = _run(seg, [0.9] * 4 + [0.0] * 12)

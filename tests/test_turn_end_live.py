@@ -56,12 +56,13 @@ async def _turns(models: Models, tmp_path: Path, first: str, pause_s: float, sec
 
 
 async def test_the_model_keeps_a_long_mid_sentence_pause_in_one_turn(models: Models, tmp_path: Path) -> None:
-    """The e2e benchmark's question 7: a 600 ms pause after "ask you," (the silence tail is 500 ms)."""
-    run = await _turns(models, tmp_path, "Hello Watus, I wanted to ask you,", 0.6, "what is your name?", "name")
+    """A fragment the model is sure goes on (0.01-0.03 in the measurement), a 700 ms pause (the silence tail is
+    500 ms): the words are not allowed to decide, so the model alone holds the turn open."""
+    run = await _turns(models, tmp_path, "I was wondering if you could", 0.7, "help me find my keys.", "keys",
+                       turn_trailing_words=False)
     (final,) = run.of("transcript")
-    assert "ask you" in final.text.lower() and "name" in final.text.lower(), final.text
-    (end,) = run.of("turn_end")
-    assert end.decision == "incomplete" and end.probability is not None and end.probability < 0.5, end
+    assert "wondering" in final.text.lower() and "keys" in final.text.lower(), final.text
+    assert run.runtime.metrics.turn_decisions.labels("incomplete")._value.get() >= 1
 
 
 @pytest.mark.parametrize("trailing", [True, False])
@@ -78,3 +79,15 @@ async def test_speculative_words_that_trail_off_keep_the_turn_open(models: Model
         assert run.runtime.metrics.turn_decisions.labels("trailing")._value.get() == 1
     else:  # the silence tail alone cuts the question in two
         assert len(texts) == 2 and "station" in texts[1], texts
+
+
+async def test_the_benchmarks_paused_question_stays_one_turn(models: Models, tmp_path: Path) -> None:
+    """The e2e benchmark's question 7 with its preemptive settings: 600 ms after "ask you," (the silence tail is
+    500 ms). Piper's prosody varies between runs and the model scores that piece 0.3-0.9, so the 1000 ms silence
+    for an unsure model (`turn_unsure_silence_ms`) must hold it alone (the model is not let say incomplete).
+    Piper's 600 ms join is up to ~800 ms of silence to the VAD (its quiet edges), so 800 ms would not do."""
+    run = await _turns(models, tmp_path, "Hello Watus, I wanted to ask you,", 0.6, "what is your name?", "name",
+                       turn_incomplete_below=0.0, turn_unsure_silence_ms=1000)
+    texts = [t.text.lower() for t in run.of("transcript")]
+    ends = [(e.decision, e.silence_ms, e.probability) for e in run.of("turn_end")]
+    assert len(texts) == 1 and "ask you" in texts[0] and "name" in texts[0], (texts, ends)

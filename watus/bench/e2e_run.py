@@ -51,7 +51,7 @@ MODE_ENV: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "streaming": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "false"},
                   {"WATUS_AUDIO_TURN_END": "silence"}),
     "preemptive": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "true"},
-                   {"WATUS_AUDIO_TURN_END": "model"}),
+                   {"WATUS_AUDIO_TURN_END": "model", "WATUS_AUDIO_TURN_UNSURE_SILENCE_MS": "1000"}),
 }
 
 

@@ -78,7 +78,9 @@ def _intro(result: E2EResult) -> list[str]:
         "Watus plan); **streaming** speaks each sentence as soon as it is complete; **preemptive** is streaming "
         "with the reply started from the speculative transcript at the person's first pause, its audio held "
         "until the final transcript confirms it (`WATUS_AGENT_PREEMPTIVE=true`), and the end of the turn decided "
-        "by the Smart Turn model (`WATUS_AUDIO_TURN_END=model`). Questions with a pause are two pieces of piper's "
+        "by the Smart Turn model (`WATUS_AUDIO_TURN_END=model`), which waits 1000 ms of silence where the model is "
+        "unsure (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS=1000`: the held reply is prepared during it). Questions "
+        "with a pause are two pieces of piper's "
         "voice joined by exactly that much silence (`‹500 ms›`).", "",
         "Definitions, all from the agent's turn log on the machine-wide monotonic clock:", "",
         "- **e2e** = playback start − t0, the VAD's end-of-speech decision;",
