@@ -92,7 +92,8 @@ async def test_the_live_listener_uses_the_fitted_window_except_for_long_turns(tm
         wav = write_wav(tmp_path / "mic.wav", silence(1.0), spoken, silence(1.2))
         # The VAD's segment is piper's clip less a little of its padding: a 3 or 4 s window; 30 s past the limit.
         for fit_max_s, windows in ((15.0, (3.0, 4.0)), (0.5, (30.0,))):
-            run = await start_run(loaded, _settings(mic_backend="file", mic_file=wav, asr_fit_max_s=fit_max_s))
+            run = await start_run(loaded, _settings(mic_backend="file", mic_file=wav, asr_fit_window=True,
+                                                       asr_fit_max_s=fit_max_s))
             try:
                 final = await run.wait(lambda e: e.type == "transcript", 20)
             finally:
