@@ -47,7 +47,9 @@ async def _turns(models: Models, tmp_path: Path, first: str, pause_s: float, sec
     """`first`, `pause_s` of silence, `second`, silence; returns once the transcript with `last` is in."""
     mic = write_wav(tmp_path / "mic.wav", silence(1.0), speak(models, first), silence(pause_s),
                     speak(models, second), silence(2.0))
-    run = await start_run(models, _settings(mic_backend="file", mic_file=mic, turn_end="model", **settings))
+    # The fitted window: the words' rule needs the pause's transcript before the 500 ms silence tail ends.
+    base: dict[str, object] = {"mic_backend": "file", "mic_file": mic, "turn_end": "model", "asr_fit_window": True}
+    run = await start_run(models, _settings(**{**base, **settings}))
     try:
         await run.wait(lambda e: isinstance(e, Transcript) and last in e.text.lower(), 40)
     finally:
