@@ -40,7 +40,7 @@ from audio.farend import FarEnd
 from audio.metrics import AudioMetrics
 from audio.overlap import OverlapRepair
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
-from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SegmenterConfig, SpeechEnd, SpeechStart
+from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SpeechEnd, SpeechStart, segmenter_config
 from audio.settings import AudioSettings, EchoMode
 from audio.turn_model import EndOfTurn
 from audio.vad import Vad
@@ -85,19 +85,6 @@ class _Speculation:
     future: Future[Transcript]
     end: int
     stale: bool = False  # speech resumed: its transcript is not the utterance's
-
-
-def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: bool) -> SegmenterConfig:
-    return SegmenterConfig(
-        sample_rate=ASR_RATE, frame_samples=frame_samples, threshold=settings.vad_threshold,
-        min_speech_ms=settings.vad_min_speech_ms, end_silence_ms=settings.vad_end_silence_ms,
-        pre_speech_ms=settings.vad_pre_speech_ms, min_utterance_ms=settings.vad_min_utterance_ms,
-        max_utterance_ms=int(settings.vad_max_utterance_s * 1000),
-        pause_ms=settings.asr_speculative_silence_ms if speculative else None,
-        raised_threshold=settings.barge_in_threshold, raised_min_dbfs=settings.barge_in_min_dbfs,
-        raised_min_speech_ms=settings.barge_in_min_speech_ms,
-        tail_ms=settings.asr_speculative_silence_ms,
-    )
 
 
 class Listener:

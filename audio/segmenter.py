@@ -22,10 +22,14 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audio.pcm import F32
+from audio.pcm import ASR_RATE, F32
+
+if TYPE_CHECKING:
+    from audio.settings import AudioSettings
 
 
 class Gate(enum.Enum):
@@ -235,3 +239,17 @@ class Segmenter:
         if speech_ms < cfg.min_utterance_ms:
             return Dropped(start, end, "too_short")
         return SpeechEnd(audio, start, end, reason, audio_start)
+
+
+def segmenter_config(settings: AudioSettings, frame_samples: int, speculative: bool) -> SegmenterConfig:
+    """The live listener's segmenter, from the audio settings (`pause_ms` only where it speculates)."""
+    return SegmenterConfig(
+        sample_rate=ASR_RATE, frame_samples=frame_samples, threshold=settings.vad_threshold,
+        min_speech_ms=settings.vad_min_speech_ms, end_silence_ms=settings.vad_end_silence_ms,
+        pre_speech_ms=settings.vad_pre_speech_ms, min_utterance_ms=settings.vad_min_utterance_ms,
+        max_utterance_ms=int(settings.vad_max_utterance_s * 1000),
+        pause_ms=settings.asr_speculative_silence_ms if speculative else None,
+        raised_threshold=settings.barge_in_threshold, raised_min_dbfs=settings.barge_in_min_dbfs,
+        raised_min_speech_ms=settings.barge_in_min_speech_ms,
+        tail_ms=settings.asr_speculative_silence_ms,
+    )
