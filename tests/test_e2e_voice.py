@@ -165,8 +165,12 @@ def test_barge_in_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: Voi
     assert "playback_start" in first["t_ns"], "the robot never started talking before the barge-in"
     # The speech paused the reply at once; its transcript (words) made the agent cancel it.
     assert first["interrupt_reason"] == "new utterance", first
-    assert first["pauses"] and first["pauses"][0]["outcome"] == "barge_in", first["pauses"]
-    assert first["pauses"][0]["stop_ms"] < 500, first["pauses"]
+    # One pause is the barge-in; before it the sound rule may have paused on a burst of the canceller's
+    # residual, which the VAD did not confirm, and resumed it (`not_speech`) within the confirm window.
+    barge = [p for p in first["pauses"] if p["outcome"] == "barge_in"]
+    assert len(barge) == 1 and barge[0]["stop_ms"] < 500, first["pauses"]
+    others = [p for p in first["pauses"] if p["outcome"] != "barge_in"]
+    assert all(p["outcome"] == "not_speech" and p["paused_ms"] < 1000 for p in others), first["pauses"]
     # The interruption is the next turn. Word retention is measured over several phrases in
     # tests/test_audio_duplex.py and `watus bench duplex`: AEC3 can still mangle a word at the onset.
     assert second["barge_in"] is True, second
