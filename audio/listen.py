@@ -375,7 +375,8 @@ class Listener:
             return dataclasses.replace(self._options, beam_size=max(self._settings.asr_barge_in_beam_size,
                                                                     self._options.beam_size))
         if self._settings.asr_fit_window and samples <= self._settings.asr_fit_max_s * ASR_RATE:
-            return dataclasses.replace(self._options, fit_window=True)
+            return dataclasses.replace(self._options, fit_window=True,
+                                       hotword_check=self._settings.asr_fit_name_check)
         return self._options
 
     def _cancel_speculation(self) -> None:

@@ -118,11 +118,15 @@ class AudioSettings(ServiceSettings):
                                         "the robot talked: its first words carry the echo canceller's "
                                         "double-talk damage and decide the interruption (the robot is already "
                                         "paused); tiny.en greedy lost words of 1 in 5 such phrases, beam 5 none.")
-    asr_fit_window: bool = Field(False, description="Encode a live turn as itself plus 1 s, not Whisper's 30 s "
+    asr_fit_window: bool = Field(True, description="Encode a live turn as itself plus 1 s, not Whisper's 30 s "
                                  "window: tiny.en on 2 CPU cores took 85 instead of 330 ms per question (same "
-                                 "WER on 32 piper and espeak-ng phrases). Uploads and barge-ins keep the full window. "
-                                 "Off by default for now: it heard a leading \"Watus,\" as \"Let us.\" where the "
-                                 "full window with the hotword did not, which breaks name addressing.")
+                                 "WER on 32 piper and espeak-ng phrases). Uploads and barge-ins keep the full "
+                                 "window. It hears a leading name less often (see `asr_fit_name_check`).")
+    asr_fit_name_check: bool = Field(False, description="Transcribe a fitted turn again on the full window when it "
+                                     "has none of the hotwords. Set it where the agent answers only speech that "
+                                     "names the robot (WATUS_AGENT_ADDRESSING=name; `watus up` does): the fitted "
+                                     "window heard a leading \"Watus\" in 21-23 of 32 piper and espeak-ng phrases, "
+                                     "the full one in 32. Turns without the name then pay both passes.")
     asr_fit_max_s: float = Field(15.0, gt=0, le=30, description="Longest live turn (s) given the fitted window.")
     asr_speculative: bool = Field(
         True, description="Start transcribing at the first pause of a live utterance, so that the transcript "

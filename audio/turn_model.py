@@ -48,6 +48,9 @@ INPUT_NAME = "input_features"
 #: the reply's own preparation (~1 s on 2 cores), so it costs little, while a fragment ended early costs the turn.
 RECOMMENDED_COMPLETE_AT = 0.99
 RECOMMENDED_INCOMPLETE_BELOW = 0.5
+#: `turn_unsure_silence_ms` where the agent replies preemptively: the held reply is prepared in that silence
+#: anyway, and piper's own pauses mid-sentence are up to 800 ms of silence to the VAD (docs/benchmarks.md).
+RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS = 1000
 #: Words an English sentence does not end with (articles, possessives, conjunctions, copulas): a speculative
 #: transcript ending in one is a person going on. Prepositions are left out because questions end with them
 #: ("where are you from?", "what is it for?"), and so are the particles of requests ("turn it on").

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audio.asr.base import TranscribeOptions
+from audio.asr.faster_whisper import names_a_hotword
 from audio.asr.fitted import FULL_FRAMES, cut_loop, fitted_features, max_tokens_for, window_frames
 from audio.asr.runner import AsrRunner
 from audio.pcm import ASR_RATE, F32
@@ -74,6 +75,25 @@ def test_fitted_window_hears_the_same_words_as_the_full_one(models: Models) -> N
         errors["fitted"].append(word_error_rate(question, text_fit))
         assert errors["fitted"][-1] <= 0.25, (question, text_fit)
     assert np.mean(errors["fitted"]) <= np.mean(errors["full"]) + 0.05, errors
+
+
+def test_the_name_check_redoes_a_transcript_without_the_hotword_on_the_full_window(models: Models) -> None:
+    checked = TranscribeOptions(language="en", hotwords="Watus", fit_window=True, hotword_check=True)
+    audio = np.concatenate([np.zeros(ASR_RATE // 5, np.float32), speak(models, "What time is it?")])
+    text, window = transcribe(models.asr, audio, checked)
+    assert window == 30.0 and word_error_rate("What time is it?", text) <= 0.25, (text, window)
+    text, window = transcribe(models.asr, audio, dataclasses.replace(checked, hotword_check=False))
+    assert window < 5 and word_error_rate("What time is it?", text) <= 0.25, (text, window)
+    noise = (np.random.default_rng(2).standard_normal(ASR_RATE) * 0.002).astype(np.float32)
+    assert transcribe(models.asr, noise, checked) == ("", 2.0)  # no words: nothing to check the name in
+
+
+def test_a_hotword_is_a_whole_word_in_any_case() -> None:
+    assert names_a_hotword("Watus, what time is it?", "Watus")
+    assert names_a_hotword("hey WATUS.", "Robot, Watus")
+    assert not names_a_hotword("Let us. What time is it?", "Watus")
+    assert not names_a_hotword("Watusi dance", "Watus")
+    assert not names_a_hotword("Watus", None)
 
 
 def test_silence_on_a_fitted_window_is_no_words(models: Models) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
+from audio.settings import AudioSettings
 from tests.helpers import ROOT, free_port, wait_healthy
 
 WATUS = [sys.executable, "-m", "watus.cli"]
@@ -100,3 +102,21 @@ def test_doctor_reports_checks_with_fixes(tmp_path: Path) -> None:
     assert "ok" in _doctor_row(r.stdout, f"port {free} (audio): free")
     problems = sum(" problem " in line for line in r.stdout.splitlines())
     assert problems >= 1 and f"{problems} problem(s)." in r.stdout
+
+
+def test_watus_up_pairs_the_audio_settings_with_the_agent_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    from watus.cli.ops import paired_settings
+
+    for name in ("WATUS_AGENT_ADDRESSING", "WATUS_AGENT_PREEMPTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    assert paired_settings({"A": "1"}) == {"A": "1"}  # the defaults need nothing more
+    monkeypatch.setenv("WATUS_AGENT_ADDRESSING", "name")
+    monkeypatch.setenv("WATUS_AGENT_PREEMPTIVE", "true")
+    paired = paired_settings({})
+    assert paired["WATUS_AUDIO_ASR_FIT_NAME_CHECK"] == "true"
+    assert paired["WATUS_AUDIO_TURN_UNSURE_SILENCE_MS"] == "1000"
+    assert AudioSettings(**{"asr_fit_name_check": True}).asr_fit_name_check  # a value the service accepts
+    mine = {"WATUS_AUDIO_ASR_FIT_NAME_CHECK": "false", "WATUS_AUDIO_TURN_UNSURE_SILENCE_MS": "700"}
+    assert paired_settings(mine) == mine  # the user's own choice stands
+    monkeypatch.setenv("WATUS_AGENT_ADDRESSING", "nobody")
+    assert paired_settings({}) == {}  # invalid: left for the agent to report

@@ -183,7 +183,9 @@ def test_name_addressing_end_to_end(stack: tuple[ExitStack, dict[str, str]], voi
     for i, text in enumerate(["What time is it?", "Watus, what time is it?"]):
         clips.append(tmp_path / f"q{i}.wav")
         sf.write(clips[-1], np.concatenate([voice.say(text), _silence(0.3)]), RATE)
-    env = _room({**env, "WATUS_AGENT_ADDRESSING": "name", "WATUS_AGENT_CONVERSATION_WINDOW_S": "120"},
+    # As `watus up` pairs them: with name addressing the audio service checks the name on the full window.
+    env = _room({**env, "WATUS_AGENT_ADDRESSING": "name", "WATUS_AGENT_CONVERSATION_WINDOW_S": "120",
+                 "WATUS_AUDIO_ASR_FIT_NAME_CHECK": "true"},
                 [(clips[0], 2.0), (clips[1], 7.0)])
     _start_room(es, env, tmp_path)
     (rec,) = _records(tmp_path / "turns.jsonl", 1, timeout=120)

@@ -35,6 +35,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     # Encode only the utterance plus padding (`audio.asr.fitted`): for live turns the reply waits on.
     fit_window: bool = False
+    # With `fit_window`: a transcript without any of the hotwords is done again on the full window.
+    hotword_check: bool = False
 
 
 @dataclass(frozen=True)

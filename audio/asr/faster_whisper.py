@@ -8,6 +8,7 @@ conditioning on previous text, and no timestamps unless words are asked for.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ def prompt_of(options: TranscribeOptions) -> tuple[str | None, str | None]:
     return prompt, words or None
 
 
+def names_a_hotword(text: str, hotwords: str | None) -> bool:
+    """Does `text` contain any of `hotwords` (comma- or space-separated), as whole words, in any case?"""
+    words = set(re.findall(r"[\w']+", text.lower()))
+    return any(w in words for w in re.findall(r"[\w']+", (hotwords or "").lower()))
+
+
 class FasterWhisperEngine:
     name = "faster_whisper"
 
@@ -87,7 +94,11 @@ class FasterWhisperEngine:
         language = options.language if self.multilingual else "en"
         prompt, hotwords = prompt_of(options)
         if options.fit_window and language and not options.word_timestamps and not hotwords:
-            return self._fitted(audio, language, prompt, options)
+            info_fit, fitted = self._fitted(audio, language, prompt, options)
+            if (not options.hotword_check or not options.hotwords or not fitted.text.strip()
+                    or names_a_hotword(fitted.text, options.hotwords)):
+                return info_fit, iter([fitted])
+            log.debug("fitted transcript %r has no hotword: transcribing again on the full window", fitted.text)
         segments, info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32), language=language, task="transcribe",
             beam_size=options.beam_size, temperature=options.temperature, initial_prompt=prompt,
@@ -100,7 +111,7 @@ class FasterWhisperEngine:
         return meta, self._segments(segments, options.temperature)
 
     def _fitted(self, audio: F32, language: str, prompt: str | None,
-                options: TranscribeOptions) -> tuple[AsrInfo, Iterator[AsrSegment]]:
+                options: TranscribeOptions) -> tuple[AsrInfo, AsrSegment]:
         from faster_whisper.tokenizer import Tokenizer
 
         tokenizer = self._tokenizers.get(language)
@@ -113,8 +124,7 @@ class FasterWhisperEngine:
         segment = AsrSegment(id=1, start=0.0, end=round(duration, 3), text=tokenizer.decode(ids), tokens=ids,
                              avg_logprob=score, no_speech_prob=no_speech, temperature=options.temperature)
         window = fitted_window_s(len(samples))
-        return (AsrInfo(language=language, language_probability=1.0, duration=duration, window_s=window),
-                iter([segment]))
+        return AsrInfo(language=language, language_probability=1.0, duration=duration, window_s=window), segment
 
     @staticmethod
     def _segments(segments: Iterator[Any], temperature: float) -> Iterator[AsrSegment]:

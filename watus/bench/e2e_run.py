@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
+from audio.turn_model import RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS
 from watus.agent.turnlog import TurnLog
 from watus.bench.e2e_chart import waterfall_chart
 from watus.bench.e2e_cutter import PlaybackCutter
@@ -51,7 +52,8 @@ MODE_ENV: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "streaming": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "false"},
                   {"WATUS_AUDIO_TURN_END": "silence"}),
     "preemptive": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "true"},
-                   {"WATUS_AUDIO_TURN_END": "model", "WATUS_AUDIO_TURN_UNSURE_SILENCE_MS": "1000"}),
+                   {"WATUS_AUDIO_TURN_END": "model",
+                    "WATUS_AUDIO_TURN_UNSURE_SILENCE_MS": str(RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS)}),
 }
 #: Set in every mode's audio service: the figures in docs/benchmarks.md were measured with the fitted window.
 COMMON_AUDIO_ENV = {"WATUS_AUDIO_ASR_FIT_WINDOW": "true"}

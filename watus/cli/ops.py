@@ -135,6 +135,31 @@ class _Supervisor:
                   f"{when} (log: {m.log_path})[/yellow]")
 
 
+def paired_settings(env: dict[str, str]) -> dict[str, str]:
+    """`env` plus the audio settings that the agent's settings call for, where the user left them unset.
+
+    The audio service cannot know how the agent uses it: answering only speech that names the robot needs
+    the name checked on the full window (`WATUS_AUDIO_ASR_FIT_NAME_CHECK`), and preemptive replies can wait
+    longer on unsure turns (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS`: the reply is prepared in that silence).
+    Under systemd the shared environment file says both (deploy/watus.env.example).
+    """
+    from pydantic import ValidationError
+
+    from audio.turn_model import RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS
+    from watus.agent.settings import Addressing, AgentSettings
+
+    try:
+        agent = AgentSettings()  # from the same environment the agent will read
+    except ValidationError:
+        return env  # the agent itself will say what is wrong when it starts
+    out = dict(env)
+    if agent.addressing is Addressing.name:
+        out.setdefault("WATUS_AUDIO_ASR_FIT_NAME_CHECK", "true")
+    if agent.preemptive:
+        out.setdefault("WATUS_AUDIO_TURN_UNSURE_SILENCE_MS", str(RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS))
+    return out
+
+
 def up(
     only: Annotated[list[str] | None, typer.Option("--only", help="Start only these (llm, vision, audio, agent).")]
     = None,
@@ -148,7 +173,7 @@ def up(
     if unknown:
         err.print(f"[red]Unknown service(s): {', '.join(unknown)}[/red] (choose from {', '.join(BY_NAME)})")
         raise typer.Exit(2)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = paired_settings({**os.environ, "PYTHONUNBUFFERED": "1"})
     running = [n for n in names if healthy(BY_NAME[n].url())]
     for n in running:
         console.print(f"[yellow]{n} already answers at {BY_NAME[n].url()}: using it (not started or stopped "
