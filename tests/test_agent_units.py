@@ -96,7 +96,8 @@ def test_a_scene_that_breaks_the_contract_is_an_error_not_a_default() -> None:
 
 def test_scene_summary_is_compact_and_honest() -> None:
     text = summarize(_view())
-    assert text.startswith("[Camera (0.3 s ago): 2 people")
+    assert text.startswith("[Camera: 2 people")
+    assert summarize(_view(age_ms=900)) == text  # the same scene, the same line: the warmed prompt holds
     assert "person 3 (~34 y, male, happy)" in text
     assert "person 5 (~8 y)" in text  # gender at 0.5 is not stated as fact
     assert "2 chair" in text and "bus" in text and "person" not in text.split("Objects:")[1]
@@ -104,7 +105,7 @@ def test_scene_summary_is_compact_and_honest() -> None:
     assert "5.0 s old" in stale and "Do not describe" in stale
     down = summarize(SceneView(None, "vision service not reachable (ConnectError)", time.monotonic_ns()))
     assert "unavailable" in down and "ConnectError" in down
-    assert summarize(_view(), "pl").startswith("[Kamera (widok sprzed 0.3 s): 2 osób")
+    assert summarize(_view(), "pl").startswith("[Kamera: 2 osób")
 
 
 def test_scene_tools_helpers() -> None:

@@ -459,3 +459,88 @@ async def test_wake_mode_the_wake_word_opens_the_window(tmp_path: Path) -> None:
     assert loop.current_turn is None and loop.ignored == 2
     await loop.handle(transcript("u-3", "What time is it?"))
     assert loop.current_turn == "u-3" and loop._turns["u-3"].record.addressed == "wake"
+
+
+# --------------------------------------------------------------------------- the prompt prefix warm-up
+
+
+def _prompts_model(calls: list[str], gate: asyncio.Event | None = None, order: list[str] | None = None,
+                   closed: list[str] | None = None) -> FunctionModel:
+    """A model that records each call's user prompt; a warm-up (no question after the scene line) waits
+    for `gate`; `order` learns when each call started and when a warm-up's stream was closed."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        prompt = str(messages[-1].parts[-1].content)  # type: ignore[union-attr]
+        warm = prompt.endswith("\n")
+        calls.append(prompt)
+        if order is not None:
+            order.append("warm" if warm else "turn")
+        try:
+            if warm and gate is not None:
+                await gate.wait()
+            yield "Fine. "
+            yield "Thanks."
+        finally:
+            if warm and closed is not None:
+                closed.append(prompt)
+            if warm and order is not None:
+                order.append("warm closed")
+
+    return FunctionModel(stream_function=stream)
+
+
+def _loop_with_vision(tmp_path: Path, model: FunctionModel) -> tuple[VoiceLoop, RecordingSpeaker, TurnLog]:
+    from watus.agent.scene import VisionClient
+
+    settings = AgentSettings()
+    speaker = RecordingSpeaker()
+    turn_log = TurnLog(tmp_path / "turns.jsonl")
+    # Nothing listens there: every look is "[Camera: unavailable ...]", a scene line all the same.
+    vision = VisionClient(f"http://127.0.0.1:{free_port()}", 2.0, 2000)
+    loop = VoiceLoop(settings, build_agent(settings, model), Session("s", 3), vision, speaker, turn_log)
+    return loop, speaker, turn_log
+
+
+def _speech_started(turn_id: str) -> SpeechStarted:
+    now = time.monotonic_ns()
+    return SpeechStarted(t_ns=now, turn_id=turn_id, audio_s=1.0, captured_ns=now)
+
+
+async def test_speech_start_prefills_the_prompt_up_to_the_question_and_the_turn_shares_it(tmp_path: Path) -> None:
+    calls: list[str] = []
+    closed: list[str] = []
+    loop, speaker, turn_log = _loop_with_vision(tmp_path, _prompts_model(calls, closed=closed))
+    await loop.handle(_speech_started("u-1"))
+    await until(lambda: len(closed) == 1, "the warm-up's stream closed at its first token")
+    (warm,) = calls
+    assert warm.startswith("[Camera: unavailable") and warm.endswith("]\n"), warm
+    assert loop.session.history == []  # a warm-up is never remembered
+    await loop.handle(transcript("u-1", "What do you see?"))
+    await until(lambda: any(s.final for s in speaker.said), "the reply")
+    assert calls[1] == warm + "What do you see?"  # the same prompt, the question after the warmed part
+    await play_out(loop, "u-1")
+    await until(lambda: loop.turns_done == 1, "the turn record")
+    (rec,) = turn_log.read()
+    assert rec["warm_prefix_ms"] is not None and rec["warm_prefix_ms"] >= 0
+    assert len(loop.session.history) == 2
+
+
+async def test_a_turn_waits_for_the_warm_up_under_way_and_none_starts_while_the_robot_replies(
+        tmp_path: Path) -> None:
+    calls: list[str] = []
+    order: list[str] = []
+    gate = asyncio.Event()
+    loop, speaker, _ = _loop_with_vision(tmp_path, _prompts_model(calls, gate=gate, order=order))
+    await loop.handle(_speech_started("u-2"))
+    await until(lambda: order == ["warm"], "the warm-up's request")
+    await loop.handle(transcript("u-2", "How are you?"))
+    await asyncio.sleep(0.2)
+    assert order == ["warm"]  # the turn's request waits: on the server it would take a slot without the cache
+    gate.set()
+    await until(lambda: "turn" in order, "the turn's request")
+    assert order[:3] == ["warm", "warm closed", "turn"], order
+    await until(lambda: any(s.final for s in speaker.said), "the reply")
+    # Speech while the robot is still replying: the memory is about to change, no warm-up.
+    await loop.handle(_speech_started("u-3"))
+    await asyncio.sleep(0.2)
+    assert order.count("warm") == 1, order

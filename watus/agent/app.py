@@ -68,6 +68,8 @@ class AgentMetrics:
                                  "robot, no words, or only the wake word.", self.registry, ("reason",))
         self.false_interruptions = m.counter("watus_false_interruptions", "Pauses of the robot's speech that "
                                              "resumed (the speech was no words, or not for it).", self.registry)
+        self.warm_prefix = m.counter("watus_warm_prefix", "Prompt prefix warm-ups while someone spoke: done or "
+                                     "failed.", self.registry, ("outcome",))
         self.invalid = m.counter("watus_wire_invalid", "Messages from another process that did not match their "
                                  "contract (skipped, never defaulted).", self.registry, ("source", "type"))
 
@@ -117,6 +119,8 @@ class AgentState:
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "ignored":
             self.metrics.ignored.labels(str(data.get("reason", ""))).inc()
+        elif kind == "warm_prefix":
+            self.metrics.warm_prefix.labels(str(data.get("outcome", ""))).inc()
         self.hub.publish(kind, data)
 
 

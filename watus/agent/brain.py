@@ -159,6 +159,24 @@ async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: 
         (remember or session.add_turn)(run.new_messages())
 
 
+async def warm_prefix(agent: Agent[TurnDeps, str], session: Session, view: SceneView | None,
+                      language: str) -> None:
+    """Have the LLM server prefill the next turn's prompt up to where the question will go.
+
+    The request is the one `stream_reply` will send, through the same agent (so the same persona, tools
+    and memory, rendered the same), with the scene line and no question; it is closed at its first
+    token, when the prefill is done. The server keeps that prompt in its cache, and the turn's own
+    request then prefills only what differs: the question's tokens (and the scene line, if the scene
+    changed meanwhile). Prompt tokens cost ~6 ms each on 2 CPU cores, the warmed part is ~60 per turn.
+    Never remembered; raises what the LLM raises.
+    """
+    deps = TurnDeps(vision=None, view=view, language=language)
+    async with agent.run_stream(user_prompt("", view, language), message_history=session.history,
+                                deps=deps) as run:
+        async for _ in run.stream_text(delta=True, debounce_by=None):
+            return
+
+
 def scene_json(view: SceneView | None) -> dict[str, Any] | None:
     """The part of a scene worth keeping in the turn log."""
     if view is None:

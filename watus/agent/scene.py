@@ -114,7 +114,12 @@ def _person_phrase(p: Person, language: str) -> str:
 
 
 def summarize(view: SceneView, language: str = "en") -> str:
-    """One or two lines for the model's context."""
+    """One or two lines for the model's context.
+
+    A fresh scene's line does not say its age: the same scene then gives the same line from one look to
+    the next, so the prompt prefilled while the person spoke (`brain.warm_prefix`) is still the prompt
+    when the turn looks again; a picture too old to trust says so.
+    """
     pl = language == "pl"
     if view.scene is None:
         return (f"[Kamera: niedostępna — {view.error}. Nie wiesz, co jest przed tobą.]" if pl
@@ -129,11 +134,11 @@ def summarize(view: SceneView, language: str = "en") -> str:
     things = ", ".join(f"{n} {label}" if n > 1 else label for label, n in counts.most_common(8))
     who = "; ".join(_person_phrase(p, language) for p in people[:6])
     if pl:
-        head = f"[Kamera (widok sprzed {(view.age_ms or 0) / 1000:.1f} s): "
+        head = "[Kamera: "
         ppl = f"{len(people)} osób" + (f": {who}" if who else "") if people else "nikogo nie widać"
         obj = f". Przedmioty: {things}" if things else ""
     else:
-        head = f"[Camera ({(view.age_ms or 0) / 1000:.1f} s ago): "
+        head = "[Camera: "
         ppl = (f"{len(people)} {'person' if len(people) == 1 else 'people'}" + (f": {who}" if who else "")
                if people else "no people")
         obj = f". Objects: {things}" if things else ""

@@ -88,6 +88,9 @@ class AgentSettings(ServiceSettings):
     preemptive: bool = Field(False, description="Start the reply from the speculative transcript at the first "
                              "pause, its audio held until the final transcript confirms the text (then it plays at "
                              "once) or thrown away (the person went on, or said something else).")
+    warm_prefix: bool = Field(True, description="When someone starts to speak, have the LLM server prefill the "
+                              "next prompt up to the question (persona, tools, memory, scene): the turn then "
+                              "prefills only the question's tokens, which it reuses from the server's cache.")
     memory_turns: int = Field(6, ge=0, le=100, description="Past turns (question + answer) kept per session: "
                               "when full, the older half is forgotten at once, so the LLM server's cached prompt "
                               "prefix stays valid between drops.")

@@ -55,6 +55,8 @@ class TurnRecord:
     preemptive: str | None = None
     #: Preemptive replies started and thrown away for this utterance (the person went on, or the text changed).
     preemptive_misses: int = 0
+    #: The prompt prefix was prefilled while the person spoke: the warm-up's time to its first token (ms).
+    warm_prefix_ms: float | None = None
     #: The utterance started while the robot was talking (it interrupted the reply before).
     barge_in: bool = False
     #: How the speech was for the robot: always, name, window (a follow-up), wake; or text.
