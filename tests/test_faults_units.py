@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from tests.test_voice_loop import make_loop, play_out, scripted, transcript, until
 from watus.agent.turnlog import TurnLog, read_records
 from watus.cli.ops import _Supervisor
-from watus.cli.services import Managed, Service
+from watus.cli.services import Managed, Service, stop_all
 from watus.core.drain import Drain, install_drain
 
 DEV_FULL = Path("/dev/full")
@@ -224,6 +224,28 @@ async def test_the_drain_expires_work_that_does_not_end() -> None:
 
 
 # --------------------------------------------------------------------------- watus up
+
+
+def test_up_stops_the_agent_first_then_the_others_at_once_killing_what_ignores_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "stubborn.py").write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                          "print('ready', flush=True)\ntime.sleep(120)\n")
+    (tmp_path / "polite.py").write_text("import time\nprint('ready', flush=True)\ntime.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    procs = [Managed(Service(name, module, f"WATUS_T{i}_", 9), tmp_path / f"{name}.log", env)
+             for i, (name, module) in enumerate([("agent", "stubborn"), ("llm", "stubborn"), ("vision", "stubborn"),
+                                                 ("audio", "polite")])]
+    for m in procs:
+        m.start()
+    deadline = time.monotonic() + 60
+    while not all(m.log_path.exists() and "ready" in m.log_path.read_text() for m in procs):
+        assert time.monotonic() < deadline, "the stand-in processes did not start"
+        time.sleep(0.05)
+    t = time.monotonic()
+    stop_all(procs, timeout_s=2.0)
+    took = time.monotonic() - t
+    assert [m.proc.returncode for m in procs if m.proc] == [-9, -9, -9, -15]
+    # The agent's 2 s, then the other three's 2 s together (one by one they would take 6 s).
+    assert 3.9 <= took < 7.0, took
 
 
 def test_up_restarts_a_process_that_keeps_dying_with_a_backoff(tmp_path: Path) -> None:

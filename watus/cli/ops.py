@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy, security_checks
+from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy, security_checks, stop_all
 
 console = Console()
 err = Console(stderr=True)
@@ -203,15 +203,18 @@ def up(
             console.print(f"Dashboard: {_dashboard_link()}")
         console.print(f"Logs in {log_dir}/. Ctrl-C stops everything.")
         supervisor = _Supervisor(procs, max_restarts)
+        # From here Ctrl-C only asks the loop to stop (within 0.5 s): a KeyboardInterrupt raised wherever the
+        # loop happens to be (in an HTTP probe, in a print) is not needed to get to the stop below.
+        signal.signal(signal.SIGINT, _stop)
         while not stopping:
             supervisor.tick(time.monotonic())
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
         console.print("Stopping ...")
-        for m in sorted(procs, key=lambda m: m.service.name != "agent"):
-            m.stop()
+        stop_all(procs)
         console.print("All stopped.")
 
 

@@ -23,6 +23,8 @@ from rich.console import Console
 
 from watus.core.config import DEFAULT_PORTS
 
+#: How long a stopped process may take to exit cleanly before SIGKILL (systemd's `TimeoutStopSec`).
+STOP_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class Service:
@@ -101,16 +103,35 @@ class Managed:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM, then SIGKILL after `timeout_s` (systemd's `TimeoutStopSec`: the LLM server drains first)."""
-        if self.proc is None or self.proc.poll() is not None:
+        self.terminate()
+        self.wait_or_kill(time.monotonic() + timeout_s)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the process to exit until `deadline` (time.monotonic()), then SIGKILL it."""
+        if self.proc is None:
             return
-        self.proc.terminate()
         try:
-            self.proc.wait(timeout=timeout_s)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def stop_all(procs: list[Managed], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop the agent first (it stops asking the others), then all the others at once, each given
+    `timeout_s` to exit cleanly, as systemd stops a target: the whole stop takes at most 2 × `timeout_s`."""
+    for group in ([m for m in procs if m.service.name == "agent"], [m for m in procs if m.service.name != "agent"]):
+        for m in group:
+            m.terminate()
+        deadline = time.monotonic() + timeout_s
+        for m in group:
+            m.wait_or_kill(deadline)
 
 
 def security_checks() -> list[tuple[str, bool, str]]:
