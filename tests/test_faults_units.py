@@ -11,15 +11,19 @@ import errno
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
+from tests.helpers import ROOT
 from tests.test_voice_loop import make_loop, play_out, scripted, transcript, until
 from watus.agent.turnlog import TurnLog, read_records
 from watus.cli.ops import _Supervisor
@@ -246,6 +250,25 @@ def test_up_stops_the_agent_first_then_the_others_at_once_killing_what_ignores_s
     assert [m.proc.returncode for m in procs if m.proc] == [-9, -9, -9, -15]
     # The agent's 2 s, then the other three's 2 s together (one by one they would take 6 s).
     assert 3.9 <= took < 7.0, took
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_processes_of_a_killed_watus_up_do_not_outlive_it(tmp_path: Path) -> None:
+    (tmp_path / "polite.py").write_text("import time\ntime.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    script = ("import sys, time\nfrom pathlib import Path\nfrom watus.cli.services import Managed, Service\n"
+              f"m = Managed(Service('llm', 'polite', 'WATUS_T_', 9), Path({str(tmp_path / 'llm.log')!r}), {env!r})\n"
+              "m.start()\nprint(m.proc.pid, flush=True)\ntime.sleep(120)\n")
+    up = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert up.stdout is not None
+    child = psutil.Process(int(up.stdout.readline()))
+    assert child.is_running() and child.ppid() == up.pid
+    up.kill()  # as the OOM killer or `kill -9` would
+    up.wait()
+    deadline = time.monotonic() + 30
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived the killed `watus up`"
+        time.sleep(0.05)
 
 
 def test_up_restarts_a_process_that_keeps_dying_with_a_backoff(tmp_path: Path) -> None:

@@ -255,7 +255,7 @@ class VoiceLoop:
         warm = self._warm
         if warm is not None and not warm.done():
             await asyncio.wait({warm}, timeout=WARM_WAIT_S)  # never cancels it
-        rec.warm_prefix_ms = self._warm_ms.pop(rec.turn_id, rec.warm_prefix_ms)
+        rec.warm_prefix_ms = self._warm_ms.get(rec.turn_id, rec.warm_prefix_ms)  # dropped when it is recorded
 
     def _ignore(self, ev: Transcript, why: str) -> None:
         self.ignored += 1
@@ -456,7 +456,8 @@ class VoiceLoop:
         if self._current is turn:
             self._current = None
         if turn.discarded:
-            return
+            return  # the utterance's next reply may still use this warm-up
+        self._warm_ms.pop(rec.turn_id, None)
         if not rec.error:
             self.addressee.keep_open(time.monotonic_ns())
         # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop. A log that

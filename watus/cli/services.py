@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,26 @@ async def check_all(names: list[str] | None = None, timeout_s: float = 2.0) -> l
         return list(await asyncio.gather(*(check(s, client) for s in chosen)))
 
 
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What a child runs before exec on Linux: SIGTERM when `parent` dies, even by SIGKILL.
+
+    The children run in sessions of their own (Ctrl-C in the terminal reaches `watus up` only, which
+    stops them in order), so nothing else would stop them if `watus up` itself were killed: they would
+    keep their ports and their CPU, and a new `watus up` would find "already answers" services.
+    """
+
+    def run() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above: nothing would tell this child
+            os._exit(1)
+
+    return run
+
+
 @dataclass
 class Managed:
     """A process started by `watus up`."""
@@ -96,7 +117,8 @@ class Managed:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", self.service.module], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_dies_with(os.getpid()) if sys.platform == "linux" else None)
         self.started_at = time.monotonic()
 
     @property
