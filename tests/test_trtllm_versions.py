@@ -202,6 +202,7 @@ class GuidedDecodingParams:
 @dataclasses.dataclass(kw_only=True)
 class KvCacheConfig:
     free_gpu_memory_fraction: float | None = None
+    enable_block_reuse: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -331,9 +332,10 @@ class Runner012:
     @classmethod
     def from_dir(cls, engine_dir: str, *, lora_dir: str | None = None, rank: int = 0,
                  max_batch_size: int | None = None, kv_cache_free_gpu_memory_fraction: float | None = None,
-                 debug_mode: bool = False) -> Any:
+                 debug_mode: bool = False, kv_cache_enable_block_reuse: bool = False) -> Any:
         runner = cls(RunnerExecutor())
-        runner.calls.append({"engine_dir": engine_dir, "rank": rank, "fraction": kv_cache_free_gpu_memory_fraction})
+        runner.calls.append({"engine_dir": engine_dir, "rank": rank, "fraction": kv_cache_free_gpu_memory_fraction,
+                             "block_reuse": kv_cache_enable_block_reuse})
         return runner
 
     def generate(self, batch_input_ids: list[list[int]], *, max_new_tokens: int, end_id: int, pad_id: int,
@@ -493,6 +495,7 @@ async def test_012_streams_with_its_names_and_derives_stop(engine_dir: Path, mon
     llm = llm_of(engine)
     assert llm.kwargs["skip_tokenizer_init"] is True and "guided_decoding_backend" not in llm.kwargs
     assert llm.kwargs["kv_cache_config"].free_gpu_memory_fraction == 0.3
+    assert llm.kwargs["kv_cache_config"].enable_block_reuse is True  # the prefix cache, off by default in 0.12
     assert engine.capabilities.supports_grammar is False
     assert engine.capabilities.max_context == 128  # engine's 256 capped by context_length
     deltas = await collect(engine.stream([BOS, 5], SamplingParams(max_tokens=10, temperature=0.0, seed=7)))
@@ -602,7 +605,7 @@ async def test_runner_streams_cancels_and_shuts_down(engine_dir: Path, monkeypat
     backend = engine.backend
     assert isinstance(backend, RunnerBackend) and backend.executor_attr == attr
     assert engine.info()["api"] == "model_runner_cpp"
-    assert runner.calls[0] == {"engine_dir": str(engine_dir), "rank": 0, "fraction": 0.4}
+    assert runner.calls[0] == {"engine_dir": str(engine_dir), "rank": 0, "fraction": 0.4, "block_reuse": True}
     other = {"session": "executor", "executor": "session"}[attr]
     assert not hasattr(runner, other)  # nothing is made up on the runner
     executor: RunnerExecutor = getattr(runner, attr)._executor  # under the request-id recorder

@@ -75,7 +75,9 @@ class LlmApiBackend:
                   and "guided_decoding" in (accepted(sampling_cls) or {"guided_decoding"}))
         kwargs: dict[str, Any] = {"model": str(engine_dir)}
         if kv_cls is not None:
-            kwargs["kv_cache_config"] = kv_cls(free_gpu_memory_fraction=kv_cache_fraction)
+            # Block reuse is the prefix cache: on by default in 1.x, off in 0.12's executor config.
+            kv = {"free_gpu_memory_fraction": kv_cache_fraction, "enable_block_reuse": True}
+            kwargs["kv_cache_config"] = kv_cls(**only(kv, accepted(kv_cls), "KvCacheConfig()"))
         if guided:
             # xgrammar builds its token masks from the tokenizer, so the LLM loads it; it never detokenizes
             # (detokenize=False per request): the server does that once, incrementally.

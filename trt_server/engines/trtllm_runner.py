@@ -91,7 +91,10 @@ class RunnerBackend:
         if runner_cls is None:
             raise EngineNotInstalledError(f"{INSTALL_HINT} (this tensorrt_llm has no LLM nor ModelRunnerCpp)")
         rank = getattr(trtllm, "mpi_rank", lambda: 0)()
-        kwargs = {"rank": rank, "kv_cache_free_gpu_memory_fraction": kv_cache_fraction}
+        # Block reuse is the prefix cache (off by default in ModelRunnerCpp): the agent's turns share their
+        # prompt up to the question, and it prefills that prefix while the person speaks.
+        kwargs = {"rank": rank, "kv_cache_free_gpu_memory_fraction": kv_cache_fraction,
+                  "kv_cache_enable_block_reuse": True}
         runner = runner_cls.from_dir(str(engine_dir), **only(kwargs, accepted(runner_cls.from_dir),
                                                               "ModelRunnerCpp.from_dir()"))
         attr = executor_attr(runner)
