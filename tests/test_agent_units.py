@@ -50,6 +50,28 @@ def test_first_sentence_is_released_before_the_reply_ends() -> None:
     assert cutter.feed(". One") == ["I see two people."]
 
 
+def test_a_long_first_sentence_s_first_clause_goes_out_as_soon_as_the_speaker_would_split_it() -> None:
+    from watus.core.sentences import split_first_clause
+
+    text = "I can see four people standing near the bus, and two of them are smiling at me. The bus is red."
+    cutter = SentenceCutter(first_clause=True)
+    first: list[str] = []
+    at = 0
+    while not first:
+        first = cutter.feed(text[at:at + 2])
+        at += 2
+    assert first == ["I can see four people standing near the bus,"]
+    assert at < text.index(" me."), at  # before the sentence ended
+    assert split_first_clause(text.split(". ")[0] + ".")[0] == first[0]  # where the speaker splits it too
+    rest = cutter.feed(text[at:]) + cutter.flush()
+    assert rest == ["and two of them are smiling at me.", "The bus is red."]
+    # Short first sentences, later sentences and the default cutter are cut at sentence ends only.
+    assert _cut("Yes, I can see you now. Well, that is a long second sentence, with a comma in it.") == [
+        "Yes, I can see you now.", "Well, that is a long second sentence, with a comma in it."]
+    short = SentenceCutter(first_clause=True)
+    assert short.feed("Hello there, I am Watus. ") + short.flush() == ["Hello there, I am Watus."]
+
+
 def test_text_without_punctuation_is_cut_at_the_limit() -> None:
     text = "word " * 100
     parts = _cut(text, step=2, max_chars=60)

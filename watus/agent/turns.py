@@ -58,7 +58,7 @@ async def speak_reply(agent: Agent[TurnDeps, str], session: Session, rec: TurnRe
 
     Raises `AudioUnavailableError` (from `speak`) and `CancelledError`; every other failure is handled.
     """
-    cutter = SentenceCutter(sentence_max_chars)
+    cutter = SentenceCutter(sentence_max_chars, first_clause=True)
     reply: list[str] = []
     sent = 0
 

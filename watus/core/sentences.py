@@ -31,11 +31,18 @@ _WORD_BEFORE = re.compile(r"([\w.]+)$")
 
 
 class SentenceCutter:
-    """Feed text deltas; get complete sentences back as soon as they are safe to speak."""
+    """Feed text deltas; get complete sentences back as soon as they are safe to speak.
 
-    def __init__(self, max_chars: int = 160) -> None:
+    With `first_clause`, a first sentence that the speaker would split at a clause anyway
+    (`split_first_clause`: longer than `FIRST_PIECE_MAX_CHARS`) has that clause released as soon as it is
+    known, not when the sentence ends: the robot starts talking while the LLM writes the rest.
+    """
+
+    def __init__(self, max_chars: int = 160, first_clause: bool = False) -> None:
         self._max = max_chars
         self._buf = ""
+        self._first_clause = first_clause
+        self._released = 0
 
     def feed(self, text: str) -> list[str]:
         self._buf += text
@@ -43,13 +50,26 @@ class SentenceCutter:
         while True:
             cut = self._boundary()
             if cut is None:
+                cut = self._clause_cut()
+            if cut is None:
                 cut = self._length_cut()
             if cut is None:
                 break
             sentence, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
             if sentence:
                 out.append(sentence)
+                self._released += 1
         return out
+
+    def _clause_cut(self) -> int | None:
+        """Where the first sentence's first clause ends, once the speaker would split it there anyway."""
+        if not self._first_clause or self._released or len(self._buf.strip()) <= FIRST_PIECE_MAX_CHARS:
+            return None
+        text = self._buf.lstrip()
+        parts = split_first_clause(text.rstrip())
+        if len(parts) != 2:
+            return None
+        return len(self._buf) - len(text) + len(parts[0])
 
     def flush(self) -> list[str]:
         """The rest, at the end of the reply."""
