@@ -125,7 +125,7 @@ class AudioSettings(ServiceSettings):
     asr_fit_name_check: bool = Field(False, description="Transcribe a fitted turn again on the full window when it "
                                      "has none of the hotwords. Set it where the agent answers only speech that "
                                      "names the robot (WATUS_AGENT_ADDRESSING=name; `watus up` does): the fitted "
-                                     "window heard a leading \"Watus\" in 21-23 of 32 piper and espeak-ng phrases, "
+                                     "window heard a leading \"Watus\" in 20-23 of 32 piper and espeak-ng phrases, "
                                      "the full one in 32. Turns without the name then pay both passes.")
     asr_fit_max_s: float = Field(15.0, gt=0, le=30, description="Longest live turn (s) given the fitted window.")
     asr_speculative: bool = Field(
@@ -155,7 +155,8 @@ class AudioSettings(ServiceSettings):
     turn_unsure_silence_ms: int = Field(0, ge=0, le=10_000, description="With `turn_end=model`: silence that ends "
                                         "a turn the model is unsure of (0: `vad_end_silence_ms`). With the agent's "
                                         "preemptive replies the reply is prepared during this silence, so up to ~1 s "
-                                        "costs little and cuts fewer mid-sentence pauses short.")
+                                        "costs little and cuts fewer mid-sentence pauses short (`watus up` sets 1000 "
+                                        "when WATUS_AGENT_PREEMPTIVE=true).")
     turn_model_threads: int = Field(1, ge=1, le=16, description="CPU threads of the end-of-turn model.")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, le=2**31, description="Largest upload to "
                                   "`/v1/audio/transcriptions` (bytes); larger gets 413.")
