@@ -22,10 +22,8 @@ utterance confirms it (same words: the held audio plays at once, a hit) or not (
 the turn starts again from the final text). A thrown-away reply writes no record and is not remembered;
 the utterance's record counts it.
 
-Prefix warm-up (`WATUS_AGENT_WARM_PREFIX`): when someone starts to speak and the robot is not replying,
-the LLM server prefills the next prompt up to the question (`brain.warm_prefix`), so the turn's own
-request prefills only the question's tokens. The turn waits for a warm-up still under way: the server
-would otherwise give its request a second slot without that cache.
+Prefix warm-up (`WATUS_AGENT_WARM_PREFIX`, `watus.agent.warmup`): when someone starts to speak and the
+robot is not replying, the LLM server prefills the next prompt up to the question.
 
 Every stage is stamped on the machine-wide monotonic clock: end of speech (t0) and ASR from the audio
 service's own stamps, the scene, LLM and first sentence here, first audio and playback from the audio
@@ -49,11 +47,12 @@ from pydantic_ai.messages import ModelMessage
 
 from watus.agent.addressing import Addressee
 from watus.agent.audio_client import AudioUnavailableError
-from watus.agent.brain import Session, TurnDeps, scene_json, warm_prefix
+from watus.agent.brain import Session, TurnDeps, scene_json
 from watus.agent.scene import VisionClient
 from watus.agent.settings import AgentSettings, Pipeline
 from watus.agent.turnlog import TurnLog, TurnRecord
 from watus.agent.turns import speak_reply, think_then_speak
+from watus.agent.warmup import PrefixWarmer
 from watus.core.timing import new_turn_id
 from watus.core.wire.audio import (
     AudioEvent,
@@ -75,8 +74,6 @@ log = logging.getLogger(__name__)
 
 #: How long to wait for the speaker to finish a reply before writing the record anyway.
 PLAYBACK_GRACE_S = 120.0
-#: How long a turn waits for the prefix warm-up still under way (it then prefills only the question).
-WARM_WAIT_S = 3.0
 
 
 class Speaker(Protocol):
@@ -130,8 +127,8 @@ class VoiceLoop:
         self._resumed: dict[str, int] = {}  # utterance -> when its speech last resumed after a pause
         self._misses: dict[str, int] = {}  # utterance -> preemptive replies thrown away
         self._stop_echoes = 0  # `interrupted` events still to come for stops this loop commanded
-        self._warm: asyncio.Task[None] | None = None  # the prefix warm-up under way
-        self._warm_ms: dict[str, float] = {}  # utterance -> its warm-up's time to the first token
+        self._warmer = (PrefixWarmer(agent, session, vision, settings.language.value, self._notify)
+                        if settings.warm_prefix and vision is not None else None)
         self.addressee = Addressee(settings)
         self.turns_done = 0
         self.ignored = 0
@@ -150,8 +147,8 @@ class VoiceLoop:
                 except Exception:  # one bad event never ends the loop
                     log.exception("voice loop: event %s failed", ev.type)
         finally:
-            if self._warm is not None:
-                self._warm.cancel()
+            if self._warmer is not None:
+                self._warmer.cancel()
 
     def _notify(self, kind: str, data: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -190,8 +187,8 @@ class VoiceLoop:
             # Only a say request that asked the speaker to stop by itself has already ended the turn.
             if ev.barge_in:
                 await self._barge_in("speech while speaking", stop_audio=False)
-            elif self._s.warm_prefix and ev.turn_id and self._vision is not None:
-                self._start_warm(ev.turn_id)
+            elif self._warmer is not None and ev.turn_id and (self._current is None or self._current.done.is_set()):
+                self._warmer.start(ev.turn_id)  # not while replying: the LLM is busy and the memory will change
         elif isinstance(ev, WakeWord):
             self.addressee.woke(ev.phrase, ev.t_ns)
         elif isinstance(ev, (PlaybackPaused, PlaybackResumed)):
@@ -225,37 +222,6 @@ class VoiceLoop:
             turn.record.pauses[-1]["outcome"] = "barge_in"
         await self._barge_in("new utterance")
         self._start_turn(ev, addressed=verdict.how)
-
-    def _start_warm(self, utterance: str) -> None:
-        turn = self._current
-        if turn is not None and not turn.done.is_set():
-            return  # the LLM is busy with the reply, and the memory changes when it is done
-        if self._warm is not None and not self._warm.done():
-            return
-        self._warm = asyncio.create_task(self._warm_prefix(utterance), name=f"warm-{utterance}")
-
-    async def _warm_prefix(self, utterance: str) -> None:
-        t = time.monotonic_ns()
-        try:
-            view = await self._vision.look() if self._vision is not None else None  # the scene line is the point
-            await warm_prefix(self._agent, self.session, view, self._s.language.value)
-        except Exception as e:  # the turn itself reports an LLM that cannot answer
-            log.debug("prefix warm-up for %s failed: %s: %s", utterance, type(e).__name__, e)
-            self._notify("warm_prefix", {"turn_id": utterance, "outcome": "failed"})
-            return
-        ms = round((time.monotonic_ns() - t) / 1e6, 1)
-        if len(self._warm_ms) > 64:
-            self._warm_ms.clear()  # utterances that never became turns
-        self._warm_ms[utterance] = ms
-        log.debug("prompt prefix warmed for %s in %.0f ms", utterance, ms)
-        self._notify("warm_prefix", {"turn_id": utterance, "outcome": "done", "ms": ms})
-
-    async def _after_warm_up(self, rec: TurnRecord) -> None:
-        """Wait (bounded) for the warm-up under way; note this utterance's in its record."""
-        warm = self._warm
-        if warm is not None and not warm.done():
-            await asyncio.wait({warm}, timeout=WARM_WAIT_S)  # never cancels it
-        rec.warm_prefix_ms = self._warm_ms.get(rec.turn_id, rec.warm_prefix_ms)  # dropped when it is recorded
 
     def _ignore(self, ev: Transcript, why: str) -> None:
         self.ignored += 1
@@ -426,7 +392,9 @@ class VoiceLoop:
         rec.mark("scene_fetched", time.monotonic_ns())
         rec.scene = scene_json(view)
         deps = TurnDeps(vision=self._vision, view=view, language=self._s.language.value, turn_id=rec.turn_id)
-        await self._after_warm_up(rec)
+        if self._warmer is not None:
+            warmed = await self._warmer.settled(rec.turn_id)
+            rec.warm_prefix_ms = warmed if warmed is not None else rec.warm_prefix_ms
         sequential = self._s.pipeline is Pipeline.sequential
 
         async def speak(sentence: str, final: bool) -> None:
@@ -457,7 +425,8 @@ class VoiceLoop:
             self._current = None
         if turn.discarded:
             return  # the utterance's next reply may still use this warm-up
-        self._warm_ms.pop(rec.turn_id, None)
+        if self._warmer is not None:
+            self._warmer.forget(rec.turn_id)
         if not rec.error:
             self.addressee.keep_open(time.monotonic_ns())
         # mkdir, rotation, write and fsync are disk work: a worker thread, never the event loop. A log that

@@ -27,6 +27,7 @@ from watus.core.config import DEFAULT_PORTS
 #: How long a stopped process may take to exit cleanly before SIGKILL (systemd's `TimeoutStopSec`).
 STOP_TIMEOUT_S = 30.0
 
+
 @dataclass(frozen=True)
 class Service:
     name: str

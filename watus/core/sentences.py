@@ -63,13 +63,11 @@ class SentenceCutter:
 
     def _clause_cut(self) -> int | None:
         """Where the first sentence's first clause ends, once the speaker would split it there anyway."""
-        if not self._first_clause or self._released or len(self._buf.strip()) <= FIRST_PIECE_MAX_CHARS:
+        if not self._first_clause or self._released:
             return None
         text = self._buf.lstrip()
         parts = split_first_clause(text.rstrip())
-        if len(parts) != 2:
-            return None
-        return len(self._buf) - len(text) + len(parts[0])
+        return len(self._buf) - len(text) + len(parts[0]) if len(parts) == 2 else None
 
     def flush(self) -> list[str]:
         """The rest, at the end of the reply."""
