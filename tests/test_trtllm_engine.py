@@ -67,13 +67,17 @@ def write_tokenizer(path: Path, *, config: dict[str, Any] | None = None,
     return path
 
 
-def write_engine_dir(path: Path, *, max_input: int = 64, max_seq: int = 256) -> Path:
+def write_engine_dir(path: Path, *, max_input: int = 64, max_seq: int = 256,
+                     tokens_per_block: int | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
+    build: dict[str, object] = {"max_input_len": max_input, "max_seq_len": max_seq, "max_batch_size": 4}
+    if tokens_per_block is not None:  # trtllm-build writes it into the plugin config
+        build["plugin_config"] = {"paged_kv_cache": True, "tokens_per_block": tokens_per_block}
     config = {
         "version": "0.12.0",
         "pretrained_config": {"architecture": "LlamaForCausalLM", "dtype": "float16",
                               "quantization": {"quant_algo": "W4A16_AWQ"}},
-        "build_config": {"max_input_len": max_input, "max_seq_len": max_seq, "max_batch_size": 4},
+        "build_config": build,
     }
     (path / "config.json").write_text(json.dumps(config))
     (path / "rank0.engine").write_bytes(b"\0")

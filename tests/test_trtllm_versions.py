@@ -192,6 +192,7 @@ class SamplingParams1x:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     guided_decoding: Any = None
+    return_perf_metrics: bool = False
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -215,6 +216,7 @@ class CompletionOutput1x:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     generation_logits: Any = None
+    request_perf_metrics: Any = None  # a RequestPerfMetrics where return_perf_metrics was asked for
     _last_text_len: int = dataclasses.field(default=0, init=False, repr=False)
     _last_token_ids_len: int = dataclasses.field(default=0, init=False, repr=False)
 
@@ -265,6 +267,22 @@ class LLM1x(LLM012):
         super().__init__(model, tokenizer, skip_tokenizer_init, **kwargs)
         self.aborted: list[int] = []
         self._executor = types.SimpleNamespace(abort_request=self.aborted.append)
+        build = json.loads((Path(model) / "config.json").read_text())["build_config"]
+        self.tokens_per_block = (build.get("plugin_config") or {}).get("tokens_per_block", 64)
+
+    def reused_blocks(self, prompt: list[int]) -> int:
+        """The executor's block reuse: whole blocks of the longest prefix shared with an earlier prompt, its
+        last token left out (always computed again); none without `enable_block_reuse`."""
+        kv = self.kwargs.get("kv_cache_config")
+        if kv is None or not kv.enable_block_reuse:
+            return 0
+        shared = 0
+        for earlier, _ in self.requests:
+            n = 0
+            while n < min(len(earlier), len(prompt) - 1) and earlier[n] == prompt[n]:
+                n += 1
+            shared = max(shared, n)
+        return int(shared // self.tokens_per_block)
 
     def generate_async(self, prompt: list[int], sampling_params: Any, streaming: bool = False) -> Any:
         assert streaming
@@ -273,6 +291,9 @@ class LLM1x(LLM012):
             seq = Sequence(self.script, end_id=None, stops=sampling_params.stop_token_ids,
                            max_new=sampling_params.max_tokens, room=self.room)
         result = RequestOutput1x(100 + len(self.results), seq, self)
+        if sampling_params.return_perf_metrics:
+            kv = types.SimpleNamespace(num_reused_blocks=self.reused_blocks(prompt), num_missed_blocks=0)
+            result.outputs[0].request_perf_metrics = types.SimpleNamespace(kv_cache_metrics=kv)
         self.requests.append((prompt, sampling_params))
         self.results.append(result)
         return result
@@ -593,6 +614,38 @@ async def test_1x_guided_decoding_and_ignore_eos(engine_dir: Path, monkeypatch: 
     assert info["manifest"] == {"model": "tiny", "quantization": "int4_awq"}
     assert info["quantization"] == "W4A16_AWQ" and info["tensorrt_llm_version"] == "1.0.0"
     await engine.close()
+
+
+async def test_1x_reports_the_prompt_tokens_its_kv_cache_reused(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    engine_dir = write_engine_dir(tmp_path / "engine", tokens_per_block=4)
+    engine = await loaded(engine_dir, monkeypatch, "1.x", [9, EOT])
+    llm = llm_of(engine)
+    prefix = [BOS, 3, 4, 5, 6, 7, 8, 9, 10, 11]  # 10 tokens: two whole blocks of 4, and 2 more
+    first = await collect(engine.stream([*prefix, 12], SamplingParams(max_tokens=4)))
+    assert llm.requests[0][1].return_perf_metrics is True
+    assert first[0].cached_tokens == 0  # nothing to reuse yet: a real 0, not "unknown"
+    second = await collect(engine.stream([*prefix, 13, 14], SamplingParams(max_tokens=4)))
+    assert {d.cached_tokens for d in second} == {8}  # the two whole blocks, on every delta
+    # A prompt that is all of an earlier one: its last token is computed again, so at most len - 1.
+    again = await collect(engine.stream(prefix[:9], SamplingParams(max_tokens=4)))
+    assert again[0].cached_tokens == 8
+    await engine.close()
+    # An engine whose config does not say its block size: the count is not guessed.
+    engine = await loaded(write_engine_dir(tmp_path / "other"), monkeypatch, "1.x", [9, EOT])
+    assert engine.backend is not None and engine.backend.tokens_per_block is None  # type: ignore[union-attr]
+    deltas = await collect(engine.stream(prefix, SamplingParams(max_tokens=4)))
+    assert all(d.cached_tokens is None for d in deltas)
+    await engine.close()
+
+
+def test_cached_tokens_also_come_from_the_result_where_a_build_counts_them() -> None:
+    backend = LlmApiBackend(object(), None, SamplingParams1x, None, tokens_per_block=None)  # type: ignore[arg-type]
+    output = types.SimpleNamespace(cached_tokens=7)
+    completion = types.SimpleNamespace(request_perf_metrics=None)
+    assert backend.cached_tokens(output, completion, prompt_len=5) == 5  # never more than the prompt
+    assert backend.cached_tokens(types.SimpleNamespace(cached_tokens=0), completion, 5) is None  # 0: not counted
+    assert backend.cached_tokens(object(), object(), 5) is None  # 0.12: nothing reported
 
 
 # -- ModelRunnerCpp: 0.12.0-jetson (`session`) and later (`executor`) ------------------------------------------

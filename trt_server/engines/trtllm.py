@@ -41,6 +41,7 @@ from trt_server.engines.trtllm_dir import (
     read_manifest,
     resolve_engine_dir,
     resolve_tokenizer_dir,
+    tokens_per_block,
 )
 from trt_server.engines.trtllm_llmapi import LlmApiBackend
 from trt_server.engines.trtllm_runner import RunnerBackend
@@ -115,7 +116,8 @@ class TrtLlmEngine:
         log.info("loading TensorRT-LLM %s engine %s (max context %d, KV cache %.0f%% of free GPU memory)",
                  self._version, self.engine_dir, self.capabilities.max_context, self._kv_fraction * 100)
         try:
-            backend = LlmApiBackend.open(self.engine_dir, self.tokenizer_dir, tok, self._kv_fraction)
+            backend = LlmApiBackend.open(self.engine_dir, self.tokenizer_dir, tok, self._kv_fraction,
+                                         tokens_per_block(self._config))
             if backend is not None:
                 return backend
             log.warning("TensorRT-LLM %s has no LLM API; running the engine with ModelRunnerCpp "
@@ -182,6 +184,7 @@ class TrtLlmEngine:
             ends.add(self._tok.eos_token_id)
         inner = backend.stream(prompt_ids, params, max_tokens)
         produced, last = 0, None
+        cached: int | None = None  # reported once, on the first delta after the engine knows it
         try:
             async for step in inner:
                 if step.ids:
@@ -190,8 +193,11 @@ class TrtLlmEngine:
                 finish = finish_reason(step.reported, produced, max_tokens, last, ends) if step.done else None
                 # End-of-generation ids are the server's business only as a finish reason, never as text.
                 ids = [i for i in step.ids if i not in ends]
+                if step.cached is not None:
+                    cached = step.cached if cached is None else max(cached, step.cached)
                 if ids or finish:
-                    yield EngineDelta(token_ids=ids, text=None, n_tokens=len(ids), finish_reason=finish)
+                    yield EngineDelta(token_ids=ids, text=None, n_tokens=len(ids), finish_reason=finish,
+                                      cached_tokens=cached)
                 if finish:
                     return
             # A backend that ended without a last step: the reason is derived all the same.

@@ -46,6 +46,8 @@ class Step:
     done: bool = False
     #: The finish reason the installed TensorRT-LLM reported on the last step (1.x), else None.
     reported: str | None = None
+    #: Prompt tokens taken from the KV cache (reused blocks), once the engine reports them; else None.
+    cached: int | None = None
 
 
 IdStream = AsyncGenerator[Step, None]

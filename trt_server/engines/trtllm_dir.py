@@ -77,6 +77,16 @@ def engine_limits(config: dict[str, Any], context_length: int) -> tuple[int, int
     return max_context, max_input
 
 
+def tokens_per_block(config: dict[str, Any]) -> int | None:
+    """The engine's KV-cache block size (tokens), from `trtllm-build`'s plugin config; None if it is not there."""
+    build = config.get("build_config") or {}
+    for where in (build.get("plugin_config") or {}, build):
+        value = where.get("tokens_per_block") if isinstance(where, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def read_manifest(engine_dir: Path) -> dict[str, Any] | None:
     """The build manifest the models/ recipes leave with an engine (model, quantisation, flags, versions)."""
     file = engine_dir / MANIFEST_FILE

@@ -18,6 +18,12 @@ Both keep a cumulative `outputs[0].token_ids`, so a step's new ids are the ones 
 yielded. That is what 1.x's `token_ids_diff` holds too, but only when each step is read exactly once;
 the difference of the cumulative list does not depend on that, and 0.12 has nothing else. The finish
 reason is 1.x's where it reports one; the engine derives it otherwise (`trtllm_common.finish_reason`).
+
+Cached prompt tokens (the usage's `prompt_tokens_details.cached_tokens`): 1.x's `SamplingParams` takes
+`return_perf_metrics`, and then each `CompletionOutput.request_perf_metrics.kv_cache_metrics` counts the
+request's `num_reused_blocks`; times the engine's `tokens_per_block` (its `config.json`), at most the
+prompt less its last token, which the executor always computes again. Where a build reports none, the
+result's own `cached_tokens` (the PyTorch path's, 1.x) is taken if it is above 0; 0.12 reports nothing.
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ class LlmApiBackend:
 
     api = "llm"
 
-    def __init__(self, llm: Any, tok: HFTokenizer, sampling_cls: Any, guided_cls: Any | None) -> None:
+    def __init__(self, llm: Any, tok: HFTokenizer, sampling_cls: Any, guided_cls: Any | None,
+                 tokens_per_block: int | None = None) -> None:
         self.llm = llm
+        self.tokens_per_block = tokens_per_block
         self._tok = tok
         self._sampling_cls = sampling_cls
         self._sampling_fields = accepted(sampling_cls)
@@ -60,8 +68,8 @@ class LlmApiBackend:
         self.last_cancel = ""
 
     @classmethod
-    def open(cls, engine_dir: Path, tokenizer_dir: Path, tok: HFTokenizer,
-             kv_cache_fraction: float) -> LlmApiBackend | None:
+    def open(cls, engine_dir: Path, tokenizer_dir: Path, tok: HFTokenizer, kv_cache_fraction: float,
+             tokens_per_block: int | None = None) -> LlmApiBackend | None:
         """Load the engine through the `LLM` API (blocking, seconds); None when this version has none."""
         # 1.x: the top-level LLM is the PyTorch backend; prebuilt engines load through _tensorrt_engine.
         llm_cls = import_attr(("tensorrt_llm._tensorrt_engine", "tensorrt_llm"), "LLM")
@@ -86,7 +94,7 @@ class LlmApiBackend:
             # 0.12 would otherwise re-decode the whole output at every streamed step.
             kwargs["skip_tokenizer_init"] = True
         llm = llm_cls(**only(kwargs, accepted(llm_cls), "LLM()"))
-        return cls(llm, tok, sampling_cls, guided_cls if guided else None)
+        return cls(llm, tok, sampling_cls, guided_cls if guided else None, tokens_per_block)
 
     def sampling(self, params: SamplingParams, max_tokens: int) -> Any:
         """The installed `SamplingParams` for a request, under the names this version takes."""
@@ -106,6 +114,8 @@ class LlmApiBackend:
         kw.update(sampling_knobs(params))
         if params.seed is not None:
             kw["seed" if fields is None or "seed" in fields else "random_seed"] = params.seed
+        if fields is not None and "return_perf_metrics" in fields:
+            kw["return_perf_metrics"] = True  # the reused KV-cache blocks: the prompt's cached tokens
         if params.json_schema is not None:
             if self._guided_cls is None:
                 raise EngineError("this TensorRT-LLM build has no guided decoding for JSON schemas")
@@ -135,13 +145,23 @@ class LlmApiBackend:
                 new = ids[seen:]
                 seen = max(seen, len(ids))
                 finished = bool(getattr(output, "finished", False))
-                yield Step(new, done=finished, reported=reported_finish(completion) if finished else None)
+                yield Step(new, done=finished, reported=reported_finish(completion) if finished else None,
+                           cached=self.cached_tokens(output, completion, len(prompt_ids)))
             if not finished:
                 finished = True
                 yield Step(done=True)
         finally:
             if not finished:
                 self._abort(result)
+
+    def cached_tokens(self, output: Any, completion: Any, prompt_len: int) -> int | None:
+        """The prompt tokens this request took from the KV cache, as far as this version reports them."""
+        kv = getattr(getattr(completion, "request_perf_metrics", None), "kv_cache_metrics", None)
+        reused = getattr(kv, "num_reused_blocks", None)
+        if isinstance(reused, int) and self.tokens_per_block:
+            return max(0, min(reused * self.tokens_per_block, prompt_len - 1))
+        cached = getattr(output, "cached_tokens", None)
+        return min(cached, prompt_len) if isinstance(cached, int) and cached > 0 else None
 
     def _abort(self, result: Any) -> None:
         """Stop a request whose consumer went away, with whatever this version offers."""
