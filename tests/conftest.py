@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import free_port, run_service
+
+# Piper without its sampling noise: a phrase is the same audio in every run (the people's voices the tests
+# speak and the robot's own), so what whisper or the end-of-turn model makes of it does not vary by chance.
+# Services the tests start inherit it.
+os.environ.setdefault("WATUS_AUDIO_TTS_VARIATION", "false")
 
 
 @pytest.fixture(scope="session")

@@ -191,3 +191,20 @@ async def test_event_bus_drops_oldest_for_slow_client() -> None:
         assert first is not None and first.t_ns == 2
         assert sum(dropped) == 2
     assert bus.subscribers == 0
+
+
+def test_piper_without_its_variation_says_a_text_the_same_way_every_time() -> None:
+    from audio.tts.piper import PiperEngine
+
+    def takes(variation: bool) -> list[np.ndarray]:
+        engine = PiperEngine(threads=1, variation=variation)
+        engine.load()
+        voice = engine.voices()[0]
+        return [np.concatenate(list(engine.synthesize("How far is it to the station?", voice, 1.0)))
+                for _ in range(3)]
+
+    fixed = takes(False)
+    assert all(np.array_equal(t, fixed[0]) for t in fixed)  # sample for sample
+    varied = takes(True)  # the voice's own noise: durations and waveform differ from take to take
+    assert not all(len(t) == len(varied[0]) and np.array_equal(t, varied[0]) for t in varied)
+    assert AudioSettings.model_fields["tts_variation"].default is True  # only the tests turn it off

@@ -37,7 +37,7 @@ def select_tts(settings: AudioSettings) -> list[TtsEngine]:
     from audio.tts.piper import PiperEngine
 
     engines: list[TtsEngine] = [PiperEngine(settings.tts_voice_path, threads=settings.tts_threads,
-                                                 use_cuda=settings.tts_use_cuda)]
+                                            use_cuda=settings.tts_use_cuda, variation=settings.tts_variation)]
     if settings.tts_espeak:
         if shutil.which("espeak-ng"):
             engines.append(EspeakEngine(settings.tts_espeak_voice))

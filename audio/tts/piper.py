@@ -57,9 +57,13 @@ def voice_names(path: Path) -> list[str]:
 class PiperEngine:
     name = "piper"
 
-    def __init__(self, voice_path: Path | None = None, *, threads: int = 1, use_cuda: bool = False) -> None:
+    def __init__(self, voice_path: Path | None = None, *, threads: int = 1, use_cuda: bool = False,
+                 variation: bool = True) -> None:
         self.path = resolve_voice_path(voice_path)
         self._use_cuda = use_cuda
+        # VITS samples its durations and its waveform from noise (the voice config's noise_w and noise_scale);
+        # without it the same text is the same audio, sample for sample.
+        self._noise: float | None = None if variation else 0.0  # None: the voice config's own scales
         self._threads = threads
         self._voice: Any = None
         self.sample_rate = 22050
@@ -100,5 +104,6 @@ class PiperEngine:
         if self._voice is None:
             raise TtsError("piper voice not loaded")
         length_scale = (self._voice.config.length_scale or 1.0) / speed
-        for chunk in self._voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale)):
+        config = SynthesisConfig(length_scale=length_scale, noise_scale=self._noise, noise_w_scale=self._noise)
+        for chunk in self._voice.synthesize(text, syn_config=config):
             yield np.asarray(chunk.audio_int16_array, dtype=np.int16).reshape(-1)
