@@ -184,7 +184,7 @@ class TrtLlmEngine:
             ends.add(self._tok.eos_token_id)
         inner = backend.stream(prompt_ids, params, max_tokens)
         produced, last = 0, None
-        cached: int | None = None  # reported once, on the first delta after the engine knows it
+        cached: int | None = None  # on every delta from the step where the engine first reports it
         try:
             async for step in inner:
                 if step.ids:

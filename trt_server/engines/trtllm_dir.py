@@ -79,12 +79,9 @@ def engine_limits(config: dict[str, Any], context_length: int) -> tuple[int, int
 
 def tokens_per_block(config: dict[str, Any]) -> int | None:
     """The engine's KV-cache block size (tokens), from `trtllm-build`'s plugin config; None if it is not there."""
-    build = config.get("build_config") or {}
-    for where in (build.get("plugin_config") or {}, build):
-        value = where.get("tokens_per_block") if isinstance(where, dict) else None
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    plugin = (config.get("build_config") or {}).get("plugin_config") or {}
+    value = plugin.get("tokens_per_block") if isinstance(plugin, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def read_manifest(engine_dir: Path) -> dict[str, Any] | None:
