@@ -307,6 +307,22 @@ def test_wav_questions_are_used_as_they_are(tmp_path: Path) -> None:
     assert not first[:8000].any() and first[16_000] == pytest.approx(0.3, abs=0.01)  # lead-in, then the mix
 
 
+def test_piper_questions_are_the_same_audio_in_every_run_unless_asked_to_vary(tmp_path: Path) -> None:
+    """Two runs of the benchmark hear the same samples (turn-by-turn comparable); `--voice-variation` gives
+    piper's sampling noise back (a new rendition in each benchmark process)."""
+    q = parse_question("Could you tell me, <400ms> what you see?")
+
+    def spoken(run: str, variation: bool) -> np.ndarray:
+        make_mic_folder(tmp_path / run, [q], lead_in_s=0.0, variation=variation)
+        (wav,) = (tmp_path / run / "mic").glob("*.wav")
+        return np.asarray(sf.read(wav, dtype="float32")[0])
+
+    a, b = spoken("a", False), spoken("b", False)
+    assert len(a) > 16_000 and np.array_equal(a, b)
+    varied = spoken("c", True)
+    assert len(varied) != len(a) or not np.array_equal(varied, a)
+
+
 def test_slots_of_the_microphone_stream() -> None:
     slots = mic_slots([2.0, 3.0], lead_in_s=8.0, gap_s=16.0)
     assert [(s.start_s, s.speech_start_s, s.speech_end_s, s.end_s) for s in slots] == [(0, 8, 10, 26),
@@ -550,7 +566,8 @@ def test_report_summary_and_chart_with_preemption(preemptive_turns: list[dict[st
                        paused_questions=(PAUSED,))
     result.telemetry = [ModeTelemetry("preemptive", 1, TelemetrySummary("psutil", 3, 1.5), 35.0)]
     text = render_markdown(result, "e2e_waterfall.png")
-    assert "2 questions (1 with a mid-sentence pause)" in text and "**perceived** = playback start" in text
+    assert "2 questions (1 with a mid-sentence pause; piper's questions are the same audio in every run)" in text
+    assert "**perceived** = playback start" in text
     assert "| preemptive | 4 | 530 |" in text
     assert "| 1 of 4 | 1 of 2 | 4 / 1 | 80% | 75% | 1 | 270 | incomplete 1, silence 3 |" in text
     # Per question: perceived of each pass, the cut-off and the preemption marked.

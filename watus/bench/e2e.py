@@ -101,6 +101,9 @@ def e2e(
                                               "end, and --gap must outlast the longest.")] = 6.0,
     max_tokens: Annotated[int | None, typer.Option(min=8, help="The agent's reply limit in tokens (default: the "
                                                    "agent's own setting).")] = None,
+    voice_variation: Annotated[bool, typer.Option(help="Piper speaks the questions with its sampling noise, a "
+                                                  "new rendition in every run; off: the same audio in every "
+                                                  "run, so runs compare turn by turn.")] = False,
     out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL, the turn logs, WAVs and process logs.")]
     = Path("bench-results"),
     report: Annotated[Path, typer.Option(help="Markdown file whose e2e section is rewritten.")] = Path(
@@ -126,7 +129,7 @@ def e2e(
     cfg = E2EConfig(questions=_questions(questions), paused_questions=_repeat(PAUSED_QUESTIONS, paused),
                     runs=runs, warmup=warmup, modes=mode_list,
                     vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens,
-                    playback_s=playback_s)
+                    playback_s=playback_s, voice_variation=voice_variation)
     chart_path = chart or report.parent / "e2e_waterfall.png"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:

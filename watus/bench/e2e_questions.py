@@ -109,8 +109,9 @@ def join_with_pauses(pieces: Sequence[F32], pauses_ms: Sequence[int], rate: int)
     return np.concatenate(out).astype(np.float32)
 
 
-def question_audio(questions: Sequence[Question], folder: Path) -> dict[str, F32]:
-    """16 kHz mono audio of each question (by spec): piper speaks each distinct piece once into `folder`."""
+def question_audio(questions: Sequence[Question], folder: Path, *, variation: bool = False) -> dict[str, F32]:
+    """16 kHz mono audio of each question (by spec): piper speaks each distinct piece once into `folder`
+    (with its sampling noise only if `variation`: see `speech_workload.make_wavs`)."""
     import soundfile as sf
 
     from audio.devices.wavfile import read_mono
@@ -118,7 +119,7 @@ def question_audio(questions: Sequence[Question], folder: Path) -> dict[str, F32
     from watus.bench.speech_workload import make_wavs
 
     pieces = list(dict.fromkeys(p for q in questions for p in q.parts))
-    voiced = make_wavs(folder, tuple(pieces), "q") if pieces else []
+    voiced = make_wavs(folder, tuple(pieces), "q", variation=variation) if pieces else []
     spoken = {text: sf.read(path, dtype="float32")[0] for path, text, _ in voiced}
     out: dict[str, F32] = {}
     for q in questions:

@@ -75,6 +75,9 @@ class E2EConfig:
     playback_s: float = 6.0
     #: The agent's reply limit in tokens; None: the agent's own setting (what the robot runs with).
     max_tokens: int | None = None
+    #: Piper speaks the questions with its sampling noise: a new rendition in every run. Off (the default),
+    #: a question is the same audio in every run, so two runs compare turn by turn.
+    voice_variation: bool = False
     startup_timeout_s: float = 180.0
     #: Wait for the last records after the microphone file has played: a turn heard at its end may take the
     #: agent's LLM timeout (60 s) and the playback cut on a starved CPU (the pass ends as soon as all are in).

@@ -222,7 +222,8 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
     out_dir.mkdir(parents=True, exist_ok=True)
     sequence = [parse_question(WARMUP_QUESTION)] * cfg.warmup + cfg.spoken()
     say("speaking the questions (piper)", 0, 1)
-    speech_s = make_mic_folder(out_dir / f"e2e-{stamp}-wavs", sequence, cfg.lead_in_s)
+    speech_s = make_mic_folder(out_dir / f"e2e-{stamp}-wavs", sequence, cfg.lead_in_s,
+                               variation=cfg.voice_variation)
     say("speaking the questions (piper)", 1, 1)
     slots = mic_slots(speech_s, cfg.lead_in_s, cfg.gap_s)
     timeline_s = slots[-1].end_s if slots else cfg.lead_in_s

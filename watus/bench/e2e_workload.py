@@ -14,16 +14,18 @@ from watus.bench.e2e_questions import Question, question_audio
 WARMUP_QUESTION = "Hi Watus, are you there?"
 
 
-def make_mic_folder(folder: Path, sequence: list[Question], lead_in_s: float) -> list[float]:
+def make_mic_folder(folder: Path, sequence: list[Question], lead_in_s: float, *,
+                    variation: bool = False) -> list[float]:
     """One 16 kHz WAV per spoken question in play order (the first led by `lead_in_s` of silence): piper's
-    voice for text (each piece synthesised once), the user's recording for a WAV question (mono, 16 kHz);
-    returns the seconds of audio of each question (without the lead-in)."""
+    voice for text (each piece synthesised once; the same audio in every run unless `variation`), the
+    user's recording for a WAV question (mono, 16 kHz); returns the seconds of audio of each question
+    (without the lead-in)."""
     import numpy as np
     import soundfile as sf
 
     from audio.pcm import ASR_RATE
 
-    audio = question_audio(sequence, folder / "voice")
+    audio = question_audio(sequence, folder / "voice", variation=variation)
     mic = folder / "mic"
     shutil.rmtree(mic, ignore_errors=True)
     mic.mkdir(parents=True)

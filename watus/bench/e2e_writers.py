@@ -63,9 +63,11 @@ def _intro(result: E2EResult) -> list[str]:
            ) if cfg.playback_s > 0 else "every reply plays out"
     spoken = cfg.spoken()
     wavs = sum(q.wav is not None for q in spoken)
+    voice = "a new rendition in each run" if cfg.voice_variation else "the same audio in every run"
     return [
         f"Measured {result.started}: {len(spoken)} questions ({sum(q.paused for q in spoken)} with a mid-sentence "
-        f"pause{f', {wavs} recorded' if wavs else ''}), {cfg.runs} pass(es) per mode (each with a fresh agent "
+        f"pause{f', {wavs} recorded' if wavs else ''}; piper's questions are {voice}), {cfg.runs} pass(es) "
+        "per mode (each with a fresh agent "
         f"and audio service and {cfg.warmup} untimed warm-up question(s); passes alternate the modes' order), "
         "played in real time as "
         f"the audio service's microphone ({cfg.gap_s:g} s of silence after each question), with every process "
@@ -233,7 +235,8 @@ def json_summary(result: E2EResult) -> dict[str, Any]:
         "started": result.started, "machine": result.machine, "llm_model": result.llm_model,
         "config": {"questions": list(cfg.questions), "paused_questions": list(cfg.paused_questions),
                    "runs": cfg.runs, "warmup": cfg.warmup, "modes": list(cfg.modes), "gap_s": cfg.gap_s,
-                   "playback_s": cfg.playback_s, "max_tokens": cfg.max_tokens, "vision_source": cfg.vision_source},
+                   "playback_s": cfg.playback_s, "max_tokens": cfg.max_tokens, "voice_variation": cfg.voice_variation,
+                   "vision_source": cfg.vision_source},
         "modes": modes,
         "goals": [{**asdict(g), "passed": g.passed} for g in goal_checks(stats, expected_paused(result))],
         "errors": result.errors, "jsonl": result.jsonl_path, "chart": result.chart_path})

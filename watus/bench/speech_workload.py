@@ -51,17 +51,19 @@ def word_error_rate(ref: str, hyp: str) -> float:
 
 
 def make_wavs(folder: Path, sentences: tuple[str, ...], prefix: str,
-              lead_in_s: float = 0.0) -> list[tuple[Path, str, float]]:
+              lead_in_s: float = 0.0, *, variation: bool = False) -> list[tuple[Path, str, float]]:
     """Speak each sentence with the default piper voice into a 16 kHz WAV: (path, text, seconds of speech).
 
     `lead_in_s` of silence goes before the speech (live playback: time for a client to subscribe).
+    Without `variation` piper speaks without its sampling noise, so a sentence is the same audio in every
+    run and two runs of a benchmark can be compared turn by turn; with it, each run hears a new rendition.
     """
     import soundfile as sf
 
     from audio.pcm import ASR_RATE, resample, to_float32
     from audio.tts.piper import PiperEngine
 
-    engine = PiperEngine(threads=1)
+    engine = PiperEngine(threads=1, variation=variation)
     engine.load()
     folder.mkdir(parents=True, exist_ok=True)
     out = []
