@@ -8,13 +8,16 @@ word. This module keeps the canceller's input (microphone and far end, sample fo
 seconds, and for an utterance begun over the robot replaces the overlap — from a little before its
 onset to the echo's tail after the robot went quiet — with the microphone minus a linear estimate of
 the echo: the room's impulse response fitted by least squares (Wiener-Hopf, solved by Levinson's
-recursion) on the seconds before the onset, when only the robot spoke. A linear canceller leaves some
-echo (about 25-30 dB down here) but never mutes the person. Offline on the recorded room data:
-"Winter moment, I have a question." became "Wait a moment, I have a question."
+recursion, then refined to the exact least-squares fit) on the seconds before the onset, when only the
+robot spoke. A linear canceller leaves some echo (about 35 dB down here) but never mutes the person.
+Offline on the recorded room data: "Winter moment, I have a question." became "Wait a moment, I have a
+question.", and with the refinement a person 10 dB below the echo saying "Stop, please stop now." was
+heard right in 12 of 12 barge-ins instead of 2 ("On top, please stop now.").
 
 Only where it is safe: the fit needs enough robot speech before the onset and must itself cancel the
 echo by `min_fit_erle_db`, otherwise the canceller's output is kept (a non-linear speaker, a moving
-microphone). The fit costs ~50 ms of the listener thread once per barge-in utterance (2048 taps).
+microphone). The fit costs ~100 ms of the listener thread once per barge-in utterance (2048 taps, two
+refinements).
 """
 
 from __future__ import annotations
@@ -60,14 +63,39 @@ def levinson(r: F64, b: F64) -> F64:
     return x
 
 
-def fit_echo_path(far: F64, near: F64, taps: int, regularise: float = 1e-3) -> F64:
-    """The impulse response h (len `taps`) minimising |near − far ⊛ h|²: the Wiener-Hopf equations."""
+def fit_echo_path(far: F64, near: F64, taps: int, regularise: float = 1e-3, *, history: F64 | None = None,
+                  refinements: int = 0) -> F64:
+    """The impulse response h (len `taps`) minimising |near − far ⊛ h|²: the Wiener-Hopf equations.
+
+    Levinson solves them with the far end's autocorrelation, which treats the far end as zero outside the
+    window. On a second of speech that edge error limits the fit to ~18 dB of echo reduction out of sample
+    (the room's path itself allows 40). Each of `refinements` steps corrects it: the exact residual (with
+    `history`, the `taps` − 1 far-end samples before `far`; zeros if None) gives the exact gradient, and
+    the Toeplitz system, as the approximate Hessian, gives the step. Measured on the room's barge-ins with
+    a second of the robot before the onset: 18 → 27 → 33 dB out of sample for 0, 1, 2 steps (~30 ms each).
+    """
     n = 1 << math.ceil(math.log2(2 * len(far)))
     fx, fy = np.fft.rfft(far, n), np.fft.rfft(near, n)
     r = np.fft.irfft(fx * np.conj(fx), n)[:taps].copy()
     p = np.fft.irfft(fy * np.conj(fx), n)[:taps]
     r[0] *= 1.0 + regularise  # diagonal loading: speech is not white, some directions are barely excited
-    return levinson(r, p)
+    h = levinson(r, p)
+    if refinements <= 0:
+        return h
+    before = np.zeros(taps - 1) if history is None else np.asarray(history, np.float64)[-(taps - 1):]
+    far_h = np.concatenate([np.zeros(taps - 1 - len(before)), before, far])
+    m = 1 << math.ceil(math.log2(len(far_h) + len(near)))
+    f_spec = np.fft.rfft(far_h, m)
+    err = near - np.convolve(far_h, h, mode="valid")
+    for _ in range(refinements):
+        # g[k] = Σ e[t] far[t − k]: the correlation of the residual with the far end's history.
+        g = np.fft.irfft(f_spec * np.conj(np.fft.rfft(err, m)), m)[:taps][::-1]
+        step = h + levinson(r, g)
+        new_err = near - np.convolve(far_h, step, mode="valid")
+        if float(np.dot(new_err, new_err)) >= float(np.dot(err, err)):
+            break  # no better: keep what we have
+        h, err = step, new_err
+    return h
 
 
 def _db(x: F64) -> float:
@@ -78,7 +106,7 @@ class OverlapRepair:
     """The canceller's recent input and the repair of one utterance's overlap with the robot's speech."""
 
     def __init__(self, *, keep_s: float = 4.0, taps: int = 2048, fit_s: float = 3.0, min_fit_s: float = 0.5,
-                 lead_ms: int = 200, tail_ms: int = 150, min_fit_erle_db: float = 12.0) -> None:
+                 lead_ms: int = 200, tail_ms: int = 150, min_fit_erle_db: float = 12.0, refinements: int = 2) -> None:
         self._cap = int(keep_s * ASR_RATE)
         self._near = np.zeros(self._cap, np.float64)
         self._far = np.zeros(self._cap, np.float64)
@@ -87,6 +115,7 @@ class OverlapRepair:
         self.taps, self._fit, self._min_fit = taps, int(fit_s * ASR_RATE), int(min_fit_s * ASR_RATE)
         self._lead, self._tail = lead_ms * ASR_RATE // 1000, tail_ms * ASR_RATE // 1000
         self._min_erle = min_fit_erle_db
+        self._refinements = refinements
         self._cache: tuple[int, F64 | None, float] | None = None  # (fit end, h, fit ERLE) of the last fit
 
     def add(self, first_pos: int, near: F32, far: F32) -> None:
@@ -122,7 +151,9 @@ class OverlapRepair:
         h: F64 | None = None
         erle = 0.0
         if len(far) > self.taps and int(self._active_frames(far).sum()) * FRAME >= self._min_fit:
-            h = fit_echo_path(far, near, self.taps)
+            start = fit_end - len(far)
+            _, history = self._slice(start - self.taps + 1, start)
+            h = fit_echo_path(far, near, self.taps, history=history, refinements=self._refinements)
             resid = near - np.convolve(far, h)[:len(far)]
             erle = _db(near[self.taps:]) - _db(resid[self.taps:])
             if erle < self._min_erle:

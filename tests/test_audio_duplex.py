@@ -143,16 +143,17 @@ async def test_a_person_10_db_quieter_than_the_echo_still_barges_in(models: Mode
     scored against what the same ASR (a barge-in's: full window, beam 5) hears from the person alone, so a word
     tiny.en mishears on this voice even without the robot talking is not blamed on the echo.
 
-    Measured on a 2-core box, 54 barge-ins at -10 dB (18 runs of the three phrases): "Stop," came out as "On
-    top," or "What's up?" in 6 of 18 (AEC3 mutes the onset; the linear fit, on ~1 s of the robot, leaves its
-    voice only ~10-17 dB down there), and once "Excuse me" was not heard over the echo and the robot paused at
-    "what is the time". The mean WER per barge-in was 0.08-0.12, but one lost "Stop," scores 0.5 alone, so three
-    barge-ins against 0.15 failed about one run in four, and two passes against 0.2 failed 1 of 4 runs here.
-    About one run in 15 had a barge-in that was never transcribed: the robot paused, the VAD dropped what it
-    heard as too short (under 300 ms of speech), the robot resumed, and the rest of the phrase started no
-    utterance in 20 s. Hence: two passes, at most one such miss, and a mean WER of the others of 0.25, about
-    three times what was measured. That the repair itself works is `tests/test_overlap.py`'s to show: here, with
-    it off, 9 barge-ins scored 0.18 against the phrases ("Wait a moment" came out as "Winter moment")."""
+    Measured on a 2-core box with the echo fit Levinson alone gave (54 barge-ins at -10 dB): "Stop," came out
+    as "On top," or "What's up?" in 6 of 18, because the fit on ~1 s of the robot left its voice only ~10-17 dB
+    down after the onset. With the fit refined to the exact least squares (`audio.overlap.fit_echo_path`), 45
+    barge-ins in a row: "Stop," heard in 15 of 15, mean WER 0.05 against the person alone (the rest is
+    tiny.en hearing "I have a question" as "I am a question", which it also does on the person alone with
+    another lead-in), none untranscribed. An earlier session saw, about one run in 15, a barge-in that was never
+    transcribed: the VAD dropped what it heard as too short (under 300 ms of speech), the robot resumed, and
+    the rest of the phrase started no utterance in 20 s; not seen in 105 barge-ins since. Hence: two passes, at
+    most one such miss, and a mean WER of the others of 0.15 (the issue's figure; one lost "Stop," alone is
+    0.08 of it). That the repair itself works is `tests/test_overlap.py`'s to show: here, with it off, 9
+    barge-ins scored 0.18 against the phrases ("Wait a moment" came out as "Winter moment")."""
     # The echo's level: the robot's voice through the room's −6 dB path.
     echo = np.convolve(speak(models, FIVE_SENTENCES[:200]), synthetic_rir(40, -6, 120))
     settings = _settings()  # what the person alone sounds like to a barge-in's ASR options
@@ -168,7 +169,7 @@ async def test_a_person_10_db_quieter_than_the_echo_still_barges_in(models: Mode
             if text is not None:
                 errors.append(wer(alone, text))
     assert sum(text is None for _, text in texts) <= 1, texts
-    assert float(np.mean(errors)) <= 0.25, (texts, errors)
+    assert float(np.mean(errors)) <= 0.15, (texts, errors)
 
 
 async def test_a_cough_pauses_the_reply_and_it_resumes_where_it_was(models: Models, tmp_path: Path) -> None:
