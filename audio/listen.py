@@ -33,17 +33,20 @@ import numpy as np
 
 from audio.aec import EchoCanceller
 from audio.asr.base import TranscribeOptions
+from audio.asr.faster_whisper import names_a_hotword
 from audio.asr.runner import AsrRunner, Transcript
 from audio.bargein import PausableSpeaker, PauseWatch
 from audio.events import EventBus
 from audio.farend import FarEnd
+from audio.incremental import SettledPrefix, after_settled
 from audio.metrics import AudioMetrics
-from audio.overlap import OverlapRepair
+from audio.overlap import OverlapRepair, repair_overlap
 from audio.pcm import ASR_RATE, F32, StreamResampler, dbfs
 from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SpeechEnd, SpeechStart, segmenter_config
 from audio.settings import AudioSettings, EchoMode
 from audio.turn_model import EndOfTurn
 from audio.vad import Vad
+from audio.wake import listen_for_wake
 from watus.core.timing import new_turn_id
 from watus.core.wire.audio import (
     SpeculativeTranscript,
@@ -51,7 +54,6 @@ from watus.core.wire.audio import (
     SpeechResumed,
     SpeechStarted,
     TurnEnd,
-    WakeWord,
 )
 from watus.core.wire.audio import Transcript as TranscriptEvent
 
@@ -108,6 +110,12 @@ class Listener:
         self._pauses = PauseWatch(settings, speaker, vad.frame_samples) if speaker is not None else None
         self._repair = (OverlapRepair(taps=settings.aec_overlap_taps)
                         if echo is not None and settings.aec_overlap_repair else None)
+        self._prefix = (SettledPrefix(lambda a, o: asr.submit(a, o, source="mic"), vad.frame_samples,
+                                      neg_threshold=max(0.01, settings.vad_threshold - 0.15),
+                                      min_piece_s=settings.asr_incremental_min_s)
+                        if settings.asr_incremental and settings.asr_fit_window and settings.asr_speculative
+                        else None)
+        self._piece_options = dataclasses.replace(options, fit_window=True, hotword_check=False)
         self._speech_start_pos = 0
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
         self._decision: tuple[str, float | None, float | None] = ("silence", None, None)
@@ -206,7 +214,7 @@ class Listener:
         if self._echo is not None and self._pauses is not None and len(samples):
             self._pauses.sound(samples, self._echo.last_far, first_pos, self._echo.stats.erle_recent_db, self._at)
         if self._wake is not None and len(samples):
-            self._listen_for_wake(samples)
+            listen_for_wake(self._wake, samples, self._metrics, self._bus, self._clock_ns)
         if len(samples):
             self.level_dbfs = round(dbfs(samples), 1)  # the microphone's level, for /health and the dashboard
         self._frames()
@@ -223,6 +231,8 @@ class Listener:
             start = self._seg.position
             for ev in self._seg.push(frame, prob, level, gate, floor):
                 self._handle(ev)
+            if self._prefix is not None and self._seg.in_speech:
+                self._prefix.frame(prob, self._seg.position, self._seg.audio_between, self._piece_options)
             if self._pauses is not None:
                 self._pauses.frame(prob, level, gate, floor, start, self._seg.in_speech, self._at)
 
@@ -240,20 +250,6 @@ class Listener:
         peak = None if self._far is None else self._far.peak_dbfs(self._clock_ns, FAR_WINDOW_NS)
         return s.barge_in_min_dbfs if peak is None else max(s.barge_in_min_dbfs, peak + s.barge_in_far_margin_db)
 
-    def _listen_for_wake(self, samples: F32) -> None:
-        assert self._wake is not None
-        try:
-            hit = self._wake.process(samples)
-        except Exception:  # a failing wake model must not stop listening
-            log.exception("wake word model failed on a block")
-            return
-        if hit is not None:
-            self._metrics.wake_words.labels(hit.model).inc()
-            log.info("wake word %r (%s, p=%.2f)", hit.phrase, hit.model, hit.probability)
-            self._bus.publish_threadsafe(WakeWord(t_ns=time.monotonic_ns(), model=hit.model, phrase=hit.phrase,
-                                                  probability=round(float(hit.probability), 3),
-                                                  captured_ns=self._clock_ns))
-
     def _at(self, pos: int) -> int:
         """Capture time (monotonic ns) of stream position `pos`, from the latest block's timestamp."""
         return self._clock_ns - int((self._clock_pos - pos) * 1e9 / ASR_RATE)
@@ -270,6 +266,8 @@ class Listener:
             # request playing asked for that (direct callers of /v1/say).
             stopped = bool(talking and self._speaker is not None and self._speaker.interrupt_on_speech())
             self._barge_in = talking
+            if self._prefix is not None:  # not a barge-in: its overlap is repaired, and it takes the full window
+                self._prefix.start(self._utterance, self._seg.audio_start, live=self.realtime and not talking)
             self._bus.publish_threadsafe(SpeechStarted(t_ns=now, turn_id=self._utterance,
                                                        audio_s=round(ev.start / ASR_RATE, 3),
                                                        captured_ns=self._at(ev.start), during_playback=talking,
@@ -316,7 +314,8 @@ class Listener:
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
         audio, _ = self._repaired(ev.audio, ev.audio_start)
-        spec = _Speculation(self._asr.submit(audio, self._utterance_options(len(audio)), source="mic"), ev.end)
+        spec = _Speculation(self._settled(ev) or self._asr.submit(audio, self._utterance_options(len(audio)),
+                                                                   source="mic"), ev.end)
         self._spec = spec
         utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
 
@@ -333,6 +332,16 @@ class Listener:
                 speech_end_captured_ns=captured, asr_ms=round(t.asr_ms, 1)))
 
         spec.future.add_done_callback(done)
+
+    def _settled(self, ev: Pause) -> Future[Transcript] | None:
+        """The transcript from what `audio.incremental` settled while the person spoke and the rest of the
+        utterance; None where nothing is settled (or, with the name check, the settled text lacks the name)."""
+        split = None if self._prefix is None else self._prefix.split(self._utterance, ev.audio_start)
+        named = split is not None and names_a_hotword(split[0], self._options.hotwords)
+        if split is None or (self._settings.asr_fit_name_check and not named):
+            return None
+        tail = self._asr.submit(ev.audio[split[1] - ev.audio_start:], self._piece_options, source="mic")
+        return after_settled(split[0], (split[1] - ev.audio_start) / ASR_RATE, tail)
 
     def _hold_on(self) -> None:
         """The speculative words stop where a sentence cannot (`turn_model.trails_off`): the utterance waits
@@ -354,19 +363,8 @@ class Listener:
         paused_at = self._pauses.onset_pos if self._pauses is not None else None
         if paused_at is not None and audio_start <= paused_at < onset:
             onset = paused_at  # the sound rule heard it before the VAD did
-        t = time.perf_counter()
-        try:
-            repaired, done = self._repair.repair(audio, audio_start, onset)
-        except Exception:  # the canceller's output is still there: never lose the utterance over this
-            log.exception("overlap repair failed; transcribing the cancelled audio")
-            return audio, None
-        self._metrics.overlap_repairs.labels("repaired" if done else "kept").inc()
-        if done is None:
-            return audio, None
-        ms = (time.perf_counter() - t) * 1000
-        log.info("barge-in overlap repaired: %.0f ms of audio (linear fit %.1f dB, %.0f ms)",
-                 (done.end - done.start) * 1000 / ASR_RATE, done.fit_erle_db, ms)
-        return repaired, ms
+        return repair_overlap(self._repair, audio, audio_start, onset,
+                              lambda outcome: self._metrics.overlap_repairs.labels(outcome).inc())
 
     def _utterance_options(self, samples: int) -> TranscribeOptions:
         """A barge-in gets the wider beam (`asr_barge_in_beam_size`) and Whisper's full window: its first words
@@ -437,6 +435,8 @@ class Listener:
                       "eos_to_transcript": round(eos_ms, 1)}
             if repair_ms is not None:
                 stages["overlap_repair"] = round(repair_ms, 1)
+            if t.settled_s:  # the audio transcribed while the person spoke (`audio.incremental`)
+                stages["asr_settled"] = round(t.settled_s * 1000, 1)
             log.info("turn %s: %r (%.0f ms after end of speech%s)", turn, t.text, eos_ms,
                      ", speculative" if speculative else "")
             self._bus.publish_threadsafe(TranscriptEvent(

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,3 +191,22 @@ class OverlapRepair:
             seg[-k:] = seg[-k:] * ramp[::-1][-k:] + out[b - k:b] * ramp[-k:]
         out[a:b] = seg
         return out, Repair(w0, w1, round(erle, 1))
+
+
+def repair_overlap(repair: OverlapRepair, audio: F32, audio_start: int, onset: int,
+                   count: Callable[[str], None]) -> tuple[F32, float | None]:
+    """`repair.repair`, timed and counted (`count("repaired" | "kept")`): the audio for ASR and the ms it took
+    (None if nothing was repaired). A failure keeps the canceller's output: never lose the utterance over this."""
+    t = time.perf_counter()
+    try:
+        repaired, done = repair.repair(audio, audio_start, onset)
+    except Exception:
+        log.exception("overlap repair failed; transcribing the cancelled audio")
+        return audio, None
+    count("repaired" if done else "kept")
+    if done is None:
+        return audio, None
+    ms = (time.perf_counter() - t) * 1000
+    log.info("barge-in overlap repaired: %.0f ms of audio (linear fit %.1f dB, %.0f ms)",
+             (done.end - done.start) * 1000 / ASR_RATE, done.fit_erle_db, ms)
+    return repaired, ms

@@ -132,6 +132,23 @@ class Segmenter:
     def position(self) -> int:
         return self._pos
 
+    @property
+    def audio_start(self) -> int:
+        """Stream position of the first sample (its pre-roll) of the utterance in progress, or the last one."""
+        return self._audio_start
+
+    def audio_between(self, a: int, b: int) -> F32:
+        """The samples of the utterance in progress for stream positions [a, b), clipped to it."""
+        lo, hi = max(0, a - self._audio_start), b - self._audio_start
+        if not self._in_speech or hi <= lo:
+            return np.zeros(0, np.float32)
+        first, last = lo // self.cfg.frame_samples, -(-hi // self.cfg.frame_samples)
+        part = self._frames[first:last]
+        if not part:
+            return np.zeros(0, np.float32)
+        audio = np.concatenate(part)
+        return audio[lo - first * self.cfg.frame_samples:hi - first * self.cfg.frame_samples]
+
     def push(self, frame: F32, prob: float, level_dbfs: float = 0.0, gate: Gate = Gate.open,
              raised_min_dbfs: float | None = None) -> list[SegEvent]:
         """One frame; `raised_min_dbfs` overrides the raised gate's level (e.g. relative to the far end)."""

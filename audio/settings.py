@@ -134,6 +134,13 @@ class AudioSettings(ServiceSettings):
     )
     asr_speculative_silence_ms: int = Field(
         200, ge=30, le=5000, description="Silence after which a speculative transcription starts.")
+    asr_incremental: bool = Field(True, description="With the fitted window: while a live utterance goes on, "
+                                  "transcribe what is settled (up to a short gap between words, in pieces of at "
+                                  "least `asr_incremental_min_s`), so at the pause only the last piece is left: "
+                                  "for piper sentences of 6-9 s the pass at the pause took 47-98 ms instead of "
+                                  "134-175 ms, and lost fewer words (WER 0.013 against 0.056).")
+    asr_incremental_min_s: float = Field(2.0, ge=0.5, le=30, description="Shortest piece (s) transcribed while "
+                                         "the person speaks; shorter utterances get one pass at the pause.")
     # --- end of turn --------------------------------------------------------------------------------
     turn_end: TurnEndKind = Field(TurnEndKind.silence, description="End of a turn: `silence` (the VAD's silence "
                                   "tail) or `model` (the Smart Turn v3 model at the first pause: sure it is "

@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from audio.pcm import ASR_RATE
+from audio.pcm import ASR_RATE, F32
+from watus.core.wire.audio import WakeWord
+
+if TYPE_CHECKING:
+    from audio.events import EventBus
+    from audio.metrics import AudioMetrics
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +185,22 @@ class WakeWordDetector:
                     self._quiet_until = self._fed + self.refractory_samples
                     log.debug("wake word %r at %d samples (p=%.3f)", self.phrase, self._fed, prob)
         return hit
+
+
+class _Detects(Protocol):
+    def process(self, samples: F32) -> Any: ...
+
+
+def listen_for_wake(wake: _Detects, samples: F32, metrics: AudioMetrics, bus: EventBus, captured_ns: int) -> None:
+    """One block of the microphone through the wake-word model; a hit is counted and published (a failing
+    model is logged and listening goes on)."""
+    try:
+        hit = wake.process(samples)
+    except Exception:
+        log.exception("wake word model failed on a block")
+        return
+    if hit is not None:
+        metrics.wake_words.labels(hit.model).inc()
+        log.info("wake word %r (%s, p=%.2f)", hit.phrase, hit.model, hit.probability)
+        bus.publish_threadsafe(WakeWord(t_ns=time.monotonic_ns(), model=hit.model, phrase=hit.phrase,
+                                        probability=round(float(hit.probability), 3), captured_ns=captured_ns))

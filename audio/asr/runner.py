@@ -31,6 +31,8 @@ class Transcript:
     started_ns: int
     finished_ns: int
     window_s: float = 30.0
+    #: Seconds at the utterance's start transcribed before it ended (`audio.incremental`); the text covers all.
+    settled_s: float = 0.0
 
     @property
     def queue_ms(self) -> float:
