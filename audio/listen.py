@@ -15,7 +15,8 @@ the speech was not for the robot), and with no decision in `barge_in_resume_ms` 
 At the first pause of an utterance (`asr_speculative_silence_ms`) a live stream starts transcribing
 what it has, so that by the end of the end-of-speech silence the transcript is mostly done; if speech
 resumes the speculative job is cancelled or ignored. The audio handed to ASR is the same either way
-(the utterance up to `tail_ms` after its last speech frame), so the transcript does not depend on it.
+(the utterance up to `tail_ms` after its last speech frame); a long utterance's settled start may have
+been transcribed while it was spoken, and then only the rest is left (`audio.incremental`).
 """
 
 from __future__ import annotations
