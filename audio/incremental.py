@@ -27,14 +27,21 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from audio.asr.base import TranscribeOptions
 from audio.asr.runner import Transcript
 from audio.pcm import ASR_RATE, F32
 
+if TYPE_CHECKING:
+    from audio.settings import AudioSettings
+
 log = logging.getLogger(__name__)
 
 Submit = Callable[[F32, TranscribeOptions], "Future[Transcript]"]
+#: At the pause: the transcript from the settled text and the stream position it covers up to (None: declined).
+Rest = Callable[[str, int], "Future[Transcript] | None"]
+Whole = Callable[[], "Future[Transcript]"]
 
 
 @dataclass
@@ -66,6 +73,15 @@ class SettledPrefix:
         self._min_piece = int(min_piece_s * ASR_RATE)
         self._lock = threading.RLock()  # cancelling a piece runs its callback, which takes the lock, at once
         self._u: _Utterance | None = None
+
+    @classmethod
+    def of(cls, settings: AudioSettings, submit: Submit, frame_samples: int) -> SettledPrefix | None:
+        """The listener's, if the settings ask for it (`asr_incremental` with the fitted window and speculation)."""
+        if not (settings.asr_incremental and settings.asr_fit_window and settings.asr_speculative):
+            return None
+        # The segmenter's own hysteresis: a frame under it is silence inside an utterance.
+        return cls(submit, frame_samples, neg_threshold=max(0.01, settings.vad_threshold - 0.15),
+                   min_piece_s=settings.asr_incremental_min_s)
 
     def start(self, utterance: str, audio_start: int, *, live: bool = True) -> None:
         """A new utterance began (the last one is forgotten, a piece still being transcribed dropped); one
@@ -120,24 +136,58 @@ class SettledPrefix:
 
     def split(self, utterance: str, audio_start: int) -> tuple[str, int] | None:
         """(settled text, stream position it covers up to) for the utterance, if some of it is settled and no
-        piece is still being transcribed; else None, and the whole utterance is transcribed as usual (a piece
-        not yet started is cancelled so it does not hold that up; one under way is left to finish)."""
+        piece is being transcribed; else None."""
         with self._lock:
             u = self._u
-            if u is None or u.id != utterance or u.audio_start != audio_start:
-                return None
-            if u.pending is not None:
-                if u.pending.cancel():
-                    u.pending = None
+            if u is None or u.id != utterance or u.audio_start != audio_start or u.pending is not None:
                 return None
             if u.settled_end <= u.audio_start or not any(t.strip() for t in u.texts):
                 return None
             return join_texts(*u.texts), u.settled_end
 
+    def at_pause(self, utterance: str, audio_start: int, rest: Rest, whole: Whole) -> Future[Transcript] | None:
+        """The utterance's transcript at a pause: `rest(settled text, cut)` (the transcription of what follows
+        the cut, joined to the text: `after_settled`) where some of it is settled, or None to transcribe it
+        whole. A piece not yet started is cancelled so it does not hold that up. A piece under way is waited
+        for (the ASR has one worker: anything submitted now would wait behind it anyway), then `rest`, or
+        `whole()` if nothing could be settled or `rest` declines."""
+        with self._lock:
+            u = self._u
+            if u is None or u.id != utterance or u.audio_start != audio_start:
+                return None
+            pending = u.pending
+            if pending is not None and pending.cancel():
+                u.pending = pending = None
+        if pending is None:
+            split = self.split(utterance, audio_start)
+            return None if split is None else rest(*split)
+        out: Future[Transcript] = Future()
+
+        def then(_: Future[Transcript]) -> None:  # on the ASR thread, after `_settle` (added first)
+            if out.cancelled():
+                return
+            split = self.split(utterance, audio_start)
+            _chain((rest(*split) if split is not None else None) or whole(), out)
+
+        pending.add_done_callback(then)
+        return out
     def _drop(self) -> None:
         if self._u is not None and self._u.pending is not None:
             self._u.pending.cancel()
             self._u.pending = None
+
+
+def _chain(src: Future[Transcript], dst: Future[Transcript]) -> None:
+    """`dst` gets `src`'s outcome; cancelling `dst` cancels `src`."""
+    def done(f: Future[Transcript]) -> None:
+        if f.cancelled():
+            dst.cancel()
+        elif dst.set_running_or_notify_cancel():
+            exc = f.exception()
+            dst.set_exception(exc) if exc is not None else dst.set_result(f.result())
+
+    dst.add_done_callback(lambda d: src.cancel() if d.cancelled() else None)
+    src.add_done_callback(done)
 
 
 def after_settled(settled: str, cut_s: float, tail: Future[Transcript]) -> Future[Transcript]:

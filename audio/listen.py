@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -111,11 +112,7 @@ class Listener:
         self._pauses = PauseWatch(settings, speaker, vad.frame_samples) if speaker is not None else None
         self._repair = (OverlapRepair(taps=settings.aec_overlap_taps)
                         if echo is not None and settings.aec_overlap_repair else None)
-        self._prefix = (SettledPrefix(lambda a, o: asr.submit(a, o, source="mic"), vad.frame_samples,
-                                      neg_threshold=max(0.01, settings.vad_threshold - 0.15),
-                                      min_piece_s=settings.asr_incremental_min_s)
-                        if settings.asr_incremental and settings.asr_fit_window and settings.asr_speculative
-                        else None)
+        self._prefix = SettledPrefix.of(settings, lambda a, o: asr.submit(a, o, source="mic"), vad.frame_samples)
         self._piece_options = dataclasses.replace(options, fit_window=True, hotword_check=False)
         self._speech_start_pos = 0
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
@@ -315,8 +312,8 @@ class Listener:
     def _speculate(self, ev: Pause) -> None:
         self._cancel_speculation()
         audio, _ = self._repaired(ev.audio, ev.audio_start)
-        spec = _Speculation(self._settled(ev) or self._asr.submit(audio, self._utterance_options(len(audio)),
-                                                                   source="mic"), ev.end)
+        options = self._utterance_options(len(audio))
+        spec = _Speculation(self._settled(ev, lambda: self._asr.submit(audio, options, source="mic")), ev.end)
         self._spec = spec
         utterance, pause_ns, captured = self._utterance, time.monotonic_ns(), self._at(ev.end)
 
@@ -334,15 +331,16 @@ class Listener:
 
         spec.future.add_done_callback(done)
 
-    def _settled(self, ev: Pause) -> Future[Transcript] | None:
-        """The transcript from what `audio.incremental` settled while the person spoke and the rest of the
-        utterance; None where nothing is settled (or, with the name check, the settled text lacks the name)."""
-        split = None if self._prefix is None else self._prefix.split(self._utterance, ev.audio_start)
-        named = split is not None and names_a_hotword(split[0], self._options.hotwords)
-        if split is None or (self._settings.asr_fit_name_check and not named):
-            return None
-        tail = self._asr.submit(ev.audio[split[1] - ev.audio_start:], self._piece_options, source="mic")
-        return after_settled(split[0], (split[1] - ev.audio_start) / ASR_RATE, tail)
+    def _settled(self, ev: Pause, whole: Callable[[], Future[Transcript]]) -> Future[Transcript]:
+        """The transcript at a pause: what `audio.incremental` settled and the rest, or `whole()` (nothing settled;
+        with the name check, a settled text without the name)."""
+        def rest(text: str, cut: int) -> Future[Transcript] | None:
+            if self._settings.asr_fit_name_check and not names_a_hotword(text, self._options.hotwords):
+                return None
+            piece = self._asr.submit(ev.audio[cut - ev.audio_start:], self._piece_options, source="mic")
+            return after_settled(text, (cut - ev.audio_start) / ASR_RATE, piece)
+        prefix = self._prefix
+        return (prefix.at_pause(self._utterance, ev.audio_start, rest, whole) if prefix else None) or whole()
 
     def _hold_on(self) -> None:
         """The speculative words stop where a sentence cannot (`turn_model.trails_off`): the utterance waits

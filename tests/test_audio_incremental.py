@@ -110,7 +110,76 @@ def test_a_piece_not_started_at_the_pause_is_cancelled() -> None:
     prefix.start("u1", 0)
     _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
     (_, job), = asr.jobs
-    assert prefix.split("u1", 0) is None and job.cancelled()  # the whole utterance is not held up behind it
+
+    def rest(text: str, cut: int) -> Future[Transcript]:
+        raise AssertionError("nothing is settled")
+
+    # Nothing settled, and the piece is not held up: the caller transcribes the whole utterance.
+    assert prefix.at_pause("u1", 0, rest, lambda: Future()) is None and job.cancelled()
+
+
+def _rest_and_whole() -> tuple[list[tuple[str, int]], list[int], Callable[..., Future[Transcript]],
+                               Callable[[], Future[Transcript]]]:
+    rests: list[tuple[str, int]] = []
+    wholes: list[int] = []
+
+    def rest(text: str, cut: int) -> Future[Transcript]:
+        rests.append((text, cut))
+        f: Future[Transcript] = Future()
+        f.set_running_or_notify_cancel()
+        f.set_result(_transcript(f"{text} and the rest."))
+        return f
+
+    def whole() -> Future[Transcript]:
+        wholes.append(1)
+        f: Future[Transcript] = Future()
+        f.set_running_or_notify_cancel()
+        f.set_result(_transcript("the whole utterance"))
+        return f
+
+    return rests, wholes, rest, whole
+
+
+def test_a_piece_under_way_at_the_pause_is_waited_for_then_only_the_rest_is_transcribed() -> None:
+    asr = _Asr()
+    prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
+    prefix.start("u1", 0)
+    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
+    (piece, job), = asr.jobs
+    job.set_running_or_notify_cancel()  # the ASR thread is on it when the pause comes
+    rests, wholes, rest, whole = _rest_and_whole()
+    out = prefix.at_pause("u1", 0, rest, whole)
+    assert out is not None and not out.done() and rests == []
+    job.set_result(_transcript("Please go to the kitchen,"))
+    assert out.result(timeout=1).text == "Please go to the kitchen, and the rest."
+    assert rests == [("Please go to the kitchen,", len(piece))] and wholes == []
+    # Settled before the pause: the rest at once.
+    out2 = prefix.at_pause("u1", 0, rest, whole)
+    assert out2 is not None and out2.result(timeout=1).text == "Please go to the kitchen, and the rest."
+
+
+def test_a_piece_that_fails_under_way_leaves_the_whole_utterance_and_a_cancel_leaves_nothing() -> None:
+    asr = _Asr()
+    prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
+    rests, wholes, rest, whole = _rest_and_whole()
+    prefix.start("u1", 0)
+    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
+    job = asr.jobs[-1][1]
+    job.set_running_or_notify_cancel()
+    out = prefix.at_pause("u1", 0, rest, whole)
+    assert out is not None
+    job.set_exception(RuntimeError("asr"))
+    assert out.result(timeout=1).text == "the whole utterance" and rests == [] and wholes == [1]
+    # The person went on before the piece was done: the transcript at that pause is not wanted.
+    prefix.start("u2", 0)
+    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
+    job = asr.jobs[-1][1]
+    job.set_running_or_notify_cancel()
+    out = prefix.at_pause("u2", 0, rest, whole)
+    assert out is not None and out.cancel()
+    job.set_result(_transcript("Hello,"))
+    assert rests == [] and wholes == [1]
+    assert prefix.split("u2", 0) == ("Hello,", 44 * N - 2 * N)  # still settled, for the next pause
 
 
 def test_the_transcript_at_the_pause_joins_the_settled_text_and_the_last_piece() -> None:
