@@ -8,12 +8,11 @@ words (at least `gap_frames` VAD frames of silence that did not end the utteranc
 middle of that gap is transcribed in the background and becomes settled. At the pause only the audio after
 the last settled cut is transcribed, and the transcript is the settled text followed by that piece's.
 
-Measured on five piper sentences of 5-11 s: the last piece took 43-76 ms instead of 119-254 ms for the
-whole, and the words came out as well or better (WER 0.02 against 0.08: Whisper on a short window drops
-fewer words than on a long one). The piece is transcribed without the settled text as its prompt: with it
-the fitted decoder ran on for 300-700 ms. A cut lies only in a gap, never inside a word. In the live
-listener (piper, 6-9 s, real time) the pass at the last pause took 47-98 ms instead of 134-175 ms, WER
-0.013 against 0.056 (`asr_settled` in the transcript's stages says how much was settled).
+Measured on five piper sentences of 5-11 s, offline: the last piece took 43-76 ms instead of 119-254 ms for
+the whole. The piece is transcribed without the settled text as its prompt: with it the fitted decoder ran
+on for 300-700 ms. A cut lies only in a gap, never inside a word. In the live listener (piper, 6-9 s, real
+time) the pass at the last pause took 50-74 ms instead of 133-230 ms, and the words were the same but one
+in 31 (`asr_settled` in the transcript's stages says how much was settled).
 
 Not for barge-ins (their overlap with the robot is repaired first, and they take the full window) and not
 without the fitted window (a full-window pass per piece would cost more CPU than it saves).
