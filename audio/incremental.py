@@ -33,6 +33,7 @@ from audio.asr.runner import Transcript
 from audio.pcm import ASR_RATE, F32
 
 if TYPE_CHECKING:
+    from audio.segmenter import SegmenterConfig
     from audio.settings import AudioSettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def join_texts(*texts: str) -> str:
 
 class SettledPrefix:
     """The settled part of the utterance in progress. The listener thread calls `start`, `frame` and
-    `split`; ASR results arrive on the ASR thread, so the shared state is guarded by a lock."""
+    `at_pause`; ASR results arrive on the ASR thread, so the shared state is guarded by a lock."""
 
     def __init__(self, submit: Submit, frame_samples: int, *, neg_threshold: float, gap_frames: int = 3,
                  min_piece_s: float = 2.0) -> None:
@@ -74,12 +75,12 @@ class SettledPrefix:
         self._u: _Utterance | None = None
 
     @classmethod
-    def of(cls, settings: AudioSettings, submit: Submit, frame_samples: int) -> SettledPrefix | None:
-        """The listener's, if the settings ask for it (`asr_incremental` with the fitted window and speculation)."""
+    def of(cls, settings: AudioSettings, submit: Submit, seg: SegmenterConfig) -> SettledPrefix | None:
+        """The listener's, if the settings ask for it (`asr_incremental` with the fitted window and speculation).
+        A frame counts as silence where the segmenter's own hysteresis says so."""
         if not (settings.asr_incremental and settings.asr_fit_window and settings.asr_speculative):
             return None
-        # The segmenter's own hysteresis: a frame under it is silence inside an utterance.
-        return cls(submit, frame_samples, neg_threshold=max(0.01, settings.vad_threshold - 0.15),
+        return cls(submit, seg.frame_samples, neg_threshold=seg.neg_threshold,
                    min_piece_s=settings.asr_incremental_min_s)
 
     def start(self, utterance: str, audio_start: int, *, live: bool = True) -> None:
@@ -88,12 +89,6 @@ class SettledPrefix:
         with self._lock:
             self._drop()
             self._u = _Utterance(utterance, audio_start, audio_start) if live else None
-
-    def stop(self) -> None:
-        """No utterance (it ended, or it is one this does not serve)."""
-        with self._lock:
-            self._drop()
-            self._u = None
 
     def frame(self, prob: float, end_pos: int, audio: Callable[[int, int], F32], options: TranscribeOptions) -> None:
         """One VAD frame of the utterance, ending at stream position `end_pos`. At the end of a gap of at
@@ -170,20 +165,22 @@ class SettledPrefix:
 
         pending.add_done_callback(then)
         return out
+
     def _drop(self) -> None:
         if self._u is not None and self._u.pending is not None:
             self._u.pending.cancel()
             self._u.pending = None
 
 
-def _chain(src: Future[Transcript], dst: Future[Transcript]) -> None:
-    """`dst` gets `src`'s outcome; cancelling `dst` cancels `src`."""
+def _chain(src: Future[Transcript], dst: Future[Transcript],
+           transform: Callable[[Transcript], Transcript] = lambda t: t) -> None:
+    """`dst` gets `src`'s outcome (its result through `transform`); cancelling `dst` cancels `src`."""
     def done(f: Future[Transcript]) -> None:
         if f.cancelled():
             dst.cancel()
-        elif dst.set_running_or_notify_cancel():
+        elif dst.set_running_or_notify_cancel():  # not cancelled meanwhile
             exc = f.exception()
-            dst.set_exception(exc) if exc is not None else dst.set_result(f.result())
+            dst.set_exception(exc) if exc is not None else dst.set_result(transform(f.result()))
 
     dst.add_done_callback(lambda d: src.cancel() if d.cancelled() else None)
     src.add_done_callback(done)
@@ -193,23 +190,11 @@ def after_settled(settled: str, cut_s: float, tail: Future[Transcript]) -> Futur
     """The utterance's transcript from its settled text and the transcription of what followed `cut_s` into
     it: the piece's transcript with the settled text before it, its segments shifted to the utterance's
     time. Cancelling the result cancels the piece's transcription."""
-    out: Future[Transcript] = Future()
-
-    def done(f: Future[Transcript]) -> None:
-        if f.cancelled():
-            out.cancel()
-            return
-        if not out.set_running_or_notify_cancel():  # cancelled meanwhile
-            return
-        exc = f.exception()
-        if exc is not None:
-            out.set_exception(exc)
-            return
-        t = f.result()
+    def joined(t: Transcript) -> Transcript:
         segments = [dataclasses.replace(s, start=s.start + cut_s, end=s.end + cut_s) for s in t.segments]
-        out.set_result(dataclasses.replace(t, text=join_texts(settled, t.text), segments=segments,
-                                           duration_s=t.duration_s + cut_s, settled_s=cut_s))
+        return dataclasses.replace(t, text=join_texts(settled, t.text), segments=segments,
+                                   duration_s=t.duration_s + cut_s, settled_s=cut_s)
 
-    out.add_done_callback(lambda o: tail.cancel() if o.cancelled() else None)
-    tail.add_done_callback(done)
+    out: Future[Transcript] = Future()
+    _chain(tail, out, joined)
     return out

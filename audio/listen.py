@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from audio.segmenter import Dropped, Gate, Pause, Resume, Segmenter, SpeechEnd, 
 from audio.settings import AudioSettings, EchoMode
 from audio.turn_model import EndOfTurn
 from audio.vad import Vad
-from audio.wake import listen_for_wake
+from audio.wake import WakeDetector, listen_for_wake
 from watus.core.timing import new_turn_id
 from watus.core.wire.audio import (
     SpeculativeTranscript,
@@ -71,12 +71,6 @@ class SpeakerState(PausableSpeaker, Protocol):
     def talking(self, tail_ms: float = 0.0) -> bool: ...
 
     def interrupt_on_speech(self) -> bool: ...
-
-
-class WakeDetector(Protocol):
-    """A wake-word model over the 16 kHz stream (`audio.wake`)."""
-
-    def process(self, samples: F32) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -112,7 +106,6 @@ class Listener:
         self._pauses = PauseWatch(settings, speaker, vad.frame_samples) if speaker is not None else None
         self._repair = (OverlapRepair(taps=settings.aec_overlap_taps)
                         if echo is not None and settings.aec_overlap_repair else None)
-        self._prefix = SettledPrefix.of(settings, lambda a, o: asr.submit(a, o, source="mic"), vad.frame_samples)
         self._piece_options = dataclasses.replace(options, fit_window=True, hotword_check=False)
         self._speech_start_pos = 0
         self._utterance = ""  # id of the utterance in progress (its turn id, if the agent makes it one)
@@ -124,6 +117,7 @@ class Listener:
         self.level_dbfs: float | None = None
         self.realtime = True
         self._seg = Segmenter(segmenter_config(settings, vad.frame_samples, True))
+        self._prefix = SettledPrefix.of(settings, lambda a, o: asr.submit(a, o, source="mic"), self._seg.cfg)
         self._resampler: StreamResampler | None = None
         self._buf = np.zeros(0, np.float32)
         self._spec: _Speculation | None = None

@@ -187,11 +187,13 @@ class WakeWordDetector:
         return hit
 
 
-class _Detects(Protocol):
+class WakeDetector(Protocol):
+    """A wake-word model over the 16 kHz stream, as the listener uses it (`WakeWordDetector`)."""
+
     def process(self, samples: F32) -> Any: ...
 
 
-def listen_for_wake(wake: _Detects, samples: F32, metrics: AudioMetrics, bus: EventBus, captured_ns: int) -> None:
+def listen_for_wake(wake: WakeDetector, samples: F32, metrics: AudioMetrics, bus: EventBus, captured_ns: int) -> None:
     """One block of the microphone through the wake-word model; a hit is counted and published (a failing
     model is logged and listening goes on)."""
     try:

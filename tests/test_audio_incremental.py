@@ -30,6 +30,13 @@ def _transcript(text: str, seconds: float = 1.0, segments: list[AsrSegment] | No
                       segments=segments or [], submitted_ns=0, started_ns=0, finished_ns=1_000_000)
 
 
+def _finished(text: str) -> Future[Transcript]:
+    f: Future[Transcript] = Future()
+    f.set_running_or_notify_cancel()
+    f.set_result(_transcript(text))
+    return f
+
+
 class _Asr:
     """Records what is submitted; the test finishes each job by hand."""
 
@@ -125,17 +132,11 @@ def _rest_and_whole() -> tuple[list[tuple[str, int]], list[int], Callable[..., F
 
     def rest(text: str, cut: int) -> Future[Transcript]:
         rests.append((text, cut))
-        f: Future[Transcript] = Future()
-        f.set_running_or_notify_cancel()
-        f.set_result(_transcript(f"{text} and the rest."))
-        return f
+        return _finished(f"{text} and the rest.")
 
     def whole() -> Future[Transcript]:
         wholes.append(1)
-        f: Future[Transcript] = Future()
-        f.set_running_or_notify_cancel()
-        f.set_result(_transcript("the whole utterance"))
-        return f
+        return _finished("the whole utterance")
 
     return rests, wholes, rest, whole
 
