@@ -133,8 +133,13 @@ def test_scene_summary_is_compact_and_honest() -> None:
 def test_scene_tools_helpers() -> None:
     view = _view()
     assert count_label(view, "people") == 2 and count_label(view, "chairs") == 2 and count_label(view, "dog") == 0
-    assert describe_person(view, 1) == "person 3 (~34 y, male, happy)"
-    assert describe_person(view, 3) is None
+    # The number is the one the camera line shows ("person 3"), not a position in the list.
+    assert describe_person(view, 3) == "person 3 (~34 y, male, happy)"
+    assert describe_person(view, 5) == "person 5 (~8 y)"
+    assert describe_person(view, 1) is None and describe_person(view, 2) is None
+    # Without track ids (one picture), the line says only "person": then the number is the position.
+    anon = _view(scene={**SCENE, "people": [{**p, "track_id": None} for p in SCENE["people"]]})
+    assert describe_person(anon, 2) == "person (~8 y)" and describe_person(anon, 3) is None
     assert count_label(_view(age_ms=9000), "chair") is None
 
 
@@ -160,7 +165,7 @@ def test_turn_log_lines_and_rotation(tmp_path: Path) -> None:
 
 
 def test_persona_language_and_prompt() -> None:
-    assert "Watus" in persona(AgentSettings()) and "English" in persona(AgentSettings())
+    assert "your name is Watus" in persona(AgentSettings()) and "camera" in persona(AgentSettings())
     pl = AgentSettings(language=Language.pl, robot_name="Bolek")
     assert "Bolek" in persona(pl) and "po polsku" in persona(pl)
     assert user_prompt("Hi", None, "en") == "Hi"

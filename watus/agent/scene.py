@@ -155,11 +155,18 @@ def count_label(view: SceneView, label: str) -> int | None:
     return sum(1 for o in view.scene.objects if o.label.lower().rstrip("s") == want)
 
 
-def describe_person(view: SceneView, index: int, language: str = "en") -> str | None:
-    """A person of the scene by number (1 = largest/first listed), or None."""
+def describe_person(view: SceneView, number: int, language: str = "en") -> str | None:
+    """The person the camera line calls `person <number>`, or None.
+
+    People with a track id are named by it in the line (`summarize`), and stay so from frame to frame,
+    so the number is that id; only a scene without ids (a single image) numbers people by position
+    (1 = the first listed)."""
     if not view.usable or view.scene is None:
         return None
     people = view.scene.people
-    if not 1 <= index <= len(people):
+    by_id = [p for p in people if p.track_id == number]
+    if by_id:
+        return _person_phrase(by_id[0], language)
+    if any(p.track_id is not None for p in people) or not 1 <= number <= len(people):
         return None
-    return _person_phrase(people[index - 1], language)
+    return _person_phrase(people[number - 1], language)
