@@ -29,7 +29,14 @@ from watus.bench.e2e import PlaybackCutter, _questions, closest_question, e2e
 from watus.bench.e2e_chart import waterfall_chart
 from watus.bench.e2e_events import Utterance, UtteranceLog
 from watus.bench.e2e_goals import goal_checks
-from watus.bench.e2e_questions import PAUSED_QUESTIONS, QuestionError, join_with_pauses, parse_question, voiced_bounds
+from watus.bench.e2e_questions import (
+    LONG_QUESTIONS,
+    PAUSED_QUESTIONS,
+    QuestionError,
+    join_with_pauses,
+    parse_question,
+    voiced_bounds,
+)
 from watus.bench.e2e_report import (
     E2EConfig,
     E2EResult,
@@ -41,6 +48,7 @@ from watus.bench.e2e_report import (
     since_t0,
     vad_tail_ms,
 )
+from watus.bench.e2e_run import audio_settings
 from watus.bench.e2e_turns import (
     ENDED_AT_PAUSE,
     SHORTER,
@@ -217,6 +225,37 @@ def test_questions_option() -> None:
         "How many people are here?", 0.0)
     question, wer = closest_question("people are here", list(E2EConfig.questions))
     assert question == "How many people are here?" and 0 < wer < 1
+
+
+def test_long_requests_and_incremental_asr_of_a_run(tmp_path: Path) -> None:
+    """`--long N` adds the built-in long requests after the questions; `--[no-]asr-incremental` sets the
+    audio service of every mode; the report says which, and the turn table shows the last ASR pass and
+    what was settled while the person spoke."""
+    assert all(len(parse_question(q).text.split()) >= 18 for q in LONG_QUESTIONS)  # 5-7 s of piper
+    off = E2EConfig(asr_incremental=False)
+    for mode in ("sequential", "streaming", "preemptive"):
+        assert audio_settings(off, mode)["WATUS_AUDIO_ASR_INCREMENTAL"] == "false"
+        assert "WATUS_AUDIO_ASR_INCREMENTAL" not in audio_settings(E2EConfig(), mode)  # the service's own
+    assert audio_settings(off, "preemptive")["WATUS_AUDIO_TURN_END"] == "model"
+    long_turns = [{**streaming(100, 110, 300, 600, 990, 1000 + i),
+                   "audio_ms": {"end_silence": 488, "asr": 60.0 + i, "asr_settled": 4000.0 + 500 * i}}
+                  for i in range(3)]
+    s = mode_stats([*long_turns, streaming(100, 110, 300, 600, 990, 1000)], "streaming")
+    assert s.asr is not None and (s.asr.n, s.asr.p50) == (4, pytest.approx(61.5))
+    assert s.settled_s is not None and (s.settled_s.n, s.settled_s.p50) == (3, pytest.approx(4.5))
+    result = result_of(long_turns, modes=("streaming",), asr_incremental=True,
+                       questions=(*E2EConfig.questions, *LONG_QUESTIONS[:2]))
+    text = render_markdown(result)
+    assert "transcribing long utterances while they are spoken: on" in text
+    assert "| 61 / 62 | 3 turns, p50 4.5 s |" in text
+    summary = json_summary(result)
+    assert summary["config"]["asr_incremental"] is True
+    assert summary["modes"]["streaming"]["asr_settled_s"] == {"p50": 4.5, "p95": pytest.approx(4.95, abs=0.06), "n": 3}
+    app = typer.Typer()
+    app.command()(e2e)
+    for args in (["--long", "2", "--no-asr-incremental"], ["--asr-incremental"]):  # accepted; stops at --modes
+        out = CliRunner().invoke(app, [*args, "--modes", "nosuch", "--no-vision"])
+        assert out.exit_code == 2 and "modes are" in out.output, out.output
 
 
 def test_playback_cutter_reads_typed_audio_events() -> None:

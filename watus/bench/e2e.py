@@ -29,7 +29,7 @@ import typer
 
 from watus.bench.e2e_cutter import PlaybackCutter
 from watus.bench.e2e_goals import goal_checks
-from watus.bench.e2e_questions import PAUSED_QUESTIONS, QuestionError, parse_question
+from watus.bench.e2e_questions import LONG_QUESTIONS, PAUSED_QUESTIONS, QuestionError, parse_question
 from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, all_stats
 from watus.bench.e2e_run import E2EBenchError, run_e2e_bench
 from watus.bench.e2e_workload import WARMUP_QUESTION, closest_question, make_mic_folder
@@ -79,6 +79,9 @@ def e2e(
     paused: Annotated[int, typer.Option(min=0, help="Built-in questions with a mid-sentence pause (350-600 ms) "
                                         f"spoken after --questions (of {len(PAUSED_QUESTIONS)}, repeated as "
                                         "needed); they show turns cut off. 0: none.")] = len(PAUSED_QUESTIONS),
+    long: Annotated[int, typer.Option(min=0, help=f"Built-in long requests (5-7 s; of {len(LONG_QUESTIONS)}, "
+                                      "repeated as needed) spoken after --questions: long enough to be "
+                                      "transcribed while they are spoken (see --asr-incremental).")] = 0,
     runs: Annotated[int, typer.Option(min=1, help="Passes over the questions per mode, each with a fresh agent "
                                       "and audio service; passes alternate the modes' order.")] = 2,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each pass.")] = 1,
@@ -104,6 +107,10 @@ def e2e(
     voice_variation: Annotated[bool, typer.Option(help="Piper speaks the questions with its sampling noise, a "
                                                   "new rendition in every run; off: the same audio in every "
                                                   "run, so runs compare turn by turn.")] = False,
+    asr_incremental: Annotated[bool | None, typer.Option(help="The audio service transcribes a long utterance "
+                                                         "while it is spoken (WATUS_AUDIO_ASR_INCREMENTAL); "
+                                                         "default: its own setting (on). Run with and without, "
+                                                         "on --long questions, to see the gain.")] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the JSONL, the turn logs, WAVs and process logs.")]
     = Path("bench-results"),
     report: Annotated[Path, typer.Option(help="Markdown file whose e2e section is rewritten.")] = Path(
@@ -126,7 +133,8 @@ def e2e(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     if not mode_list or any(m not in MODES for m in mode_list):
         raise typer.BadParameter(f"modes are {', '.join(MODES)}", param_hint="--modes")
-    cfg = E2EConfig(questions=_questions(questions), paused_questions=_repeat(PAUSED_QUESTIONS, paused),
+    cfg = E2EConfig(questions=(*_questions(questions), *_repeat(LONG_QUESTIONS, long)),
+                    paused_questions=_repeat(PAUSED_QUESTIONS, paused), asr_incremental=asr_incremental,
                     runs=runs, warmup=warmup, modes=mode_list,
                     vision_source=source, vision_fps=vision_fps, llm_url=llm_url, gap_s=gap, max_tokens=max_tokens,
                     playback_s=playback_s, voice_variation=voice_variation)

@@ -35,6 +35,14 @@ PAUSED_QUESTIONS = (
     "Hello Watus, I wanted to ask you, <600ms> what is your name?",
     "Tell me please, <350ms> what colour is the bus?",
 )
+#: Built-in long requests (5-7 s spoken): long enough for the audio service to transcribe their start
+#: while the rest is spoken (`WATUS_AUDIO_ASR_INCREMENTAL`), so a run with it and one without show its gain.
+LONG_QUESTIONS = (
+    "Could you please look around the room and tell me how many people are sitting at the table right now?",
+    "I left my keys somewhere in the kitchen this morning, so can you help me remember where I put them?",
+    "Please describe everything you can see in front of you, starting with the things that are closest to you.",
+    "My friend is coming over this evening, and I would like you to greet her at the door when she arrives.",
+)
 #: Samples below this magnitude at a join count as silence (piper's own silence is far quieter).
 SILENCE_LEVEL = 0.004
 

@@ -78,6 +78,9 @@ class E2EConfig:
     #: Piper speaks the questions with its sampling noise: a new rendition in every run. Off (the default),
     #: a question is the same audio in every run, so two runs compare turn by turn.
     voice_variation: bool = False
+    #: The audio service transcribes a long utterance while it is spoken (`WATUS_AUDIO_ASR_INCREMENTAL`);
+    #: None: the service's own setting (on).
+    asr_incremental: bool | None = None
     startup_timeout_s: float = 180.0
     #: Wait for the last records after the microphone file has played: a turn heard at its end may take the
     #: agent's LLM timeout (60 s) and the playback cut on a starved CPU (the pass ends as soon as all are in).
@@ -210,6 +213,10 @@ class ModeStats:
     #: Per hit: t0 − when the speculative transcript it started from was ready (ms). Positive: the reply
     #: started before the VAD's end of speech; negative: the speculative ASR finished after t0 (no gain).
     lead: Summary | None = None
+    #: The last ASR pass of each timed turn (ms), and the question's seconds transcribed while it was
+    #: spoken (`asr_settled`; turns without are left out).
+    asr: Summary | None = None
+    settled_s: Summary | None = None
 
     @property
     def hit_rate(self) -> float | None:
@@ -254,7 +261,10 @@ def mode_stats(turns: list[dict[str, Any]], mode: str) -> ModeStats:
                      cut_off_questions=len(cut_qs), paused_questions=len(paused),
                      paused_cut_off=len(cut_qs & paused), hits=hits, misses=misses, paused_hits=p_hits,
                      paused_misses=p_misses, not_preempted=not_preempted, turn_ends=dict(sorted(ends.items())),
-                     lead=summarize(preemptive_lead_ms(r) for r in timed))
+                     lead=summarize(preemptive_lead_ms(r) for r in timed),
+                     asr=summarize((r.get("audio_ms") or {}).get("asr") for r in timed),
+                     settled_s=summarize(s / 1000 for r in timed
+                                         if (s := (r.get("audio_ms") or {}).get("asr_settled"))))
 
 
 def all_stats(turns: list[dict[str, Any]], modes: tuple[str, ...] | list[str]) -> dict[str, ModeStats]:

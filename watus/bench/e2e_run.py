@@ -59,6 +59,14 @@ MODE_ENV: dict[str, tuple[dict[str, str], dict[str, str]]] = {
 COMMON_AUDIO_ENV = {"WATUS_AUDIO_ASR_FIT_WINDOW": "true"}
 
 
+def audio_settings(cfg: E2EConfig, mode: str) -> dict[str, str]:
+    """What the audio service of `mode` is set to beyond its place in the benchmark (mic, speaker, port)."""
+    env = {**COMMON_AUDIO_ENV, **MODE_ENV[mode][1]}
+    if cfg.asr_incremental is not None:
+        env["WATUS_AUDIO_ASR_INCREMENTAL"] = str(cfg.asr_incremental).lower()
+    return env
+
+
 class E2EBenchError(RuntimeError):
     """A process of the benchmark could not be started or the run could not be set up."""
 
@@ -118,7 +126,7 @@ def run_mode(mode: str, run: int, ses: _Session) -> None:
     audio_env = {"WATUS_AUDIO_HOST": "127.0.0.1", "WATUS_AUDIO_PORT": str(audio_port),
                  "WATUS_AUDIO_MIC_BACKEND": "file", "WATUS_AUDIO_MIC_FILE": str(ses.mic),
                  "WATUS_AUDIO_MIC_GAP_S": str(cfg.gap_s), "WATUS_AUDIO_MIC_LOOP": "false",
-                 "WATUS_AUDIO_SPEAKER_BACKEND": "null", **COMMON_AUDIO_ENV, **MODE_ENV[mode][1]}
+                 "WATUS_AUDIO_SPEAKER_BACKEND": "null", **audio_settings(cfg, mode)}
     label = f"{mode}, run {run}/{cfg.runs}"
     with ExitStack() as stack:
         ses.progress(f"{label}: starting agent + audio", 0, 1)

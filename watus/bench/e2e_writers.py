@@ -64,6 +64,7 @@ def _intro(result: E2EResult) -> list[str]:
     spoken = cfg.spoken()
     wavs = sum(q.wav is not None for q in spoken)
     voice = "a new rendition in each run" if cfg.voice_variation else "the same audio in every run"
+    incremental = {None: "its own setting", True: "on", False: "off"}[cfg.asr_incremental]
     return [
         f"Measured {result.started}: {len(spoken)} questions ({sum(q.paused for q in spoken)} with a mid-sentence "
         f"pause{f', {wavs} recorded' if wavs else ''}; piper's questions are {voice}), {cfg.runs} pass(es) "
@@ -73,7 +74,8 @@ def _intro(result: E2EResult) -> list[str]:
         f"the audio service's microphone ({cfg.gap_s:g} s of silence after each question), with every process "
         f"on 127.0.0.1: the LLM server{' at ' + cfg.llm_url if cfg.llm_url else ''}"
         f"{f' (`{result.llm_model}`)' if result.llm_model else ''}, {vision}, the agent "
-        f"(temperature 0, {replies}) and the audio service (null speaker paced in real time; {cut})."
+        f"(temperature 0, {replies}) and the audio service (null speaker paced in real time; {cut}; transcribing "
+        f"long utterances while they are spoken: {incremental})."
         + (f" Raw data: `{result.jsonl_path}`." if result.jsonl_path else "")
         + (f" Summary: `{result.json_path}`." if result.json_path else ""), "",
         "Modes: **sequential** waits for the whole reply, then synthesises all of it, then plays it (the original "
@@ -100,11 +102,14 @@ def _intro(result: E2EResult) -> list[str]:
 
 def _turn_tables(stats: dict[str, ModeStats]) -> list[str]:
     out = ["### Turns", "", _row("mode", "turns", "with e2e", "cut by the benchmark", "interrupted otherwise",
-                                 "failed", "reply chars p50", "e2e p50 ms", "e2e p95 ms", "e2e max ms"),
-           "|---|---|---|---|---|---|---|---|---|---|"]
+                                 "failed", "reply chars p50", "e2e p50 ms", "e2e p95 ms", "e2e max ms",
+                                 "last ASR pass p50 / p95 ms", "settled while spoken"),
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, s in stats.items():
+        settled = (f"{s.settled_s.n} turns, p50 {s.settled_s.p50:.1f} s" if s.settled_s else "–")
         out.append(_row(m, str(s.turns), str(s.timed), str(s.cut), str(s.interrupted), str(s.failed),
-                        _p(s.reply_chars, "p50"), _p(s.e2e, "p50"), _p(s.e2e, "p95"), _p(s.e2e, "max")))
+                        _p(s.reply_chars, "p50"), _p(s.e2e, "p50"), _p(s.e2e, "p95"), _p(s.e2e, "max"),
+                        f"{_p(s.asr, 'p50')} / {_p(s.asr, 'p95')}", settled))
     out += ["", "### Perceived latency, preemption and cut-offs", "",
             _row("mode", "timed turns", "e2e p50 ms", "e2e p95 ms", "perceived p50 ms", "perceived p95 ms",
                  "cut-off turns", "questions cut off", "paused questions cut off", "preemptive hits / misses",
@@ -229,6 +234,7 @@ def json_summary(result: E2EResult) -> dict[str, Any]:
                                    "paused_hits": s.paused_hits, "paused_misses": s.paused_misses,
                                    "not_preempted": s.not_preempted,
                                    "started_before_t0_ms": _percentiles(s.lead)},
+                    "asr_ms": _percentiles(s.asr), "asr_settled_s": _percentiles(s.settled_s),
                     "turn_ends": s.turn_ends, "interrupted": s.interrupted, "failed": s.failed,
                     "other_cpu_percent": [t.other_cpu_percent for t in result.telemetry if t.mode == m]}
     return _jsonable({
@@ -236,6 +242,7 @@ def json_summary(result: E2EResult) -> dict[str, Any]:
         "config": {"questions": list(cfg.questions), "paused_questions": list(cfg.paused_questions),
                    "runs": cfg.runs, "warmup": cfg.warmup, "modes": list(cfg.modes), "gap_s": cfg.gap_s,
                    "playback_s": cfg.playback_s, "max_tokens": cfg.max_tokens, "voice_variation": cfg.voice_variation,
+                   "asr_incremental": cfg.asr_incremental,
                    "vision_source": cfg.vision_source},
         "modes": modes,
         "goals": [{**asdict(g), "passed": g.passed} for g in goal_checks(stats, expected_paused(result))],
