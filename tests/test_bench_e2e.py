@@ -38,6 +38,8 @@ from watus.bench.e2e_questions import (
     voiced_bounds,
 )
 from watus.bench.e2e_report import (
+    KNOWN_MODES,
+    MODES,
     E2EConfig,
     E2EResult,
     ModeTelemetry,
@@ -48,7 +50,7 @@ from watus.bench.e2e_report import (
     since_t0,
     vad_tail_ms,
 )
-from watus.bench.e2e_run import audio_settings
+from watus.bench.e2e_run import MODE_ENV, audio_settings
 from watus.bench.e2e_turns import (
     ENDED_AT_PAUSE,
     SHORTER,
@@ -256,6 +258,21 @@ def test_long_requests_and_incremental_asr_of_a_run(tmp_path: Path) -> None:
     for args in (["--long", "2", "--no-asr-incremental"], ["--asr-incremental"]):  # accepted; stops at --modes
         out = CliRunner().invoke(app, [*args, "--modes", "nosuch", "--no-vision"])
         assert out.exit_code == 2 and "modes are" in out.output, out.output
+
+
+def test_preemptive_replies_with_the_silence_tail_on_request(turns: list[dict[str, Any]]) -> None:
+    """`preemptive-tail`: the agent's preemptive replies with the turn ended as streaming ends it; not a
+    default mode, and counted as preemptive in the tables."""
+    assert "preemptive-tail" in KNOWN_MODES and "preemptive-tail" not in MODES
+    assert MODE_ENV["preemptive-tail"][0]["WATUS_AGENT_PREEMPTIVE"] == "true"
+    assert audio_settings(E2EConfig(), "preemptive-tail")["WATUS_AUDIO_TURN_END"] == "silence"
+    tail = [{**preemptive_hit(530.0 + i), "mode": "preemptive-tail"} for i in range(3)]
+    tail.append({**record("streaming", {"asr_done": 100, "playback_start": 900}), "mode": "preemptive-tail"})
+    s = mode_stats(tail, "preemptive-tail")
+    assert (s.hits, s.not_preempted) == (3, 1) and s.perceived is not None and s.perceived.p50 == pytest.approx(531.5)
+    text = render_markdown(result_of(tail, modes=("streaming", "preemptive-tail")))
+    assert "**preemptive-tail** is the same held reply" in text
+    assert "**preemptive-tail**" not in render_markdown(result_of(turns))
 
 
 def test_playback_cutter_reads_typed_audio_events() -> None:

@@ -30,7 +30,7 @@ import typer
 from watus.bench.e2e_cutter import PlaybackCutter
 from watus.bench.e2e_goals import goal_checks
 from watus.bench.e2e_questions import LONG_QUESTIONS, PAUSED_QUESTIONS, QuestionError, parse_question
-from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, all_stats
+from watus.bench.e2e_report import KNOWN_MODES, MODES, E2EConfig, E2EResult, all_stats
 from watus.bench.e2e_run import E2EBenchError, run_e2e_bench
 from watus.bench.e2e_workload import WARMUP_QUESTION, closest_question, make_mic_folder
 from watus.bench.e2e_writers import expected_paused
@@ -87,7 +87,8 @@ def e2e(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up questions at the start of each pass.")] = 1,
     modes: Annotated[str, typer.Option(help="Pipelines to run, comma separated: sequential, streaming, "
                                        "preemptive (streaming + the reply started at the first pause + the "
-                                       "end-of-turn model).")] = ",".join(MODES),
+                                       "end-of-turn model); also preemptive-tail (the preemptive reply, "
+                                       "the turn ended by the silence tail as in streaming).")] = ",".join(MODES),
     image: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Image the vision service "
                                                "watches (default: the bus.jpg sample in the model cache).")] = None,
     video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Video file the vision "
@@ -131,8 +132,8 @@ def e2e(
         raise typer.BadParameter("give one of --image, --video and --no-vision")
     source = None if no_vision else (image or video or _default_image())
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-    if not mode_list or any(m not in MODES for m in mode_list):
-        raise typer.BadParameter(f"modes are {', '.join(MODES)}", param_hint="--modes")
+    if not mode_list or any(m not in KNOWN_MODES for m in mode_list):
+        raise typer.BadParameter(f"modes are {', '.join(KNOWN_MODES)}", param_hint="--modes")
     cfg = E2EConfig(questions=(*_questions(questions), *_repeat(LONG_QUESTIONS, long)),
                     paused_questions=_repeat(PAUSED_QUESTIONS, paused), asr_incremental=asr_incremental,
                     runs=runs, warmup=warmup, modes=mode_list,

@@ -30,6 +30,9 @@ from watus.core.telemetry import TelemetrySummary
 #: The pipelines compared. `preemptive` is streaming with the reply started at the first pause (its audio held
 #: until the final transcript confirms it) and the end of the turn decided by the Smart Turn model.
 MODES = ("sequential", "streaming", "preemptive")
+#: Run only when asked (`--modes`): `preemptive-tail` is preemptive replies with the turn ended by the VAD's
+#: silence tail alone, as in streaming: the held reply plays at t0 instead of after the model's wait.
+KNOWN_MODES = (*MODES, "preemptive-tail")
 
 STAGE_LABELS = {
     "asr_done": "ASR done (transcript)",
@@ -246,8 +249,8 @@ def mode_stats(turns: list[dict[str, Any]], mode: str) -> ModeStats:
     cut_qs = cut_off_questions(counted)
     hits, misses = preemption(counted)
     p_hits, p_misses = preemption([r for r in counted if r.get("paused")])
-    not_preempted = sum(mode == "preemptive" and r.get("preemptive") is None and r.get("source", "voice") == "voice"
-                        for r in counted)
+    not_preempted = sum(mode.startswith("preemptive") and r.get("preemptive") is None
+                        and r.get("source", "voice") == "voice" for r in counted)
     ends = Counter(str(end["decision"]) for r in counted if (end := (r.get("utterance") or {}).get("turn_end")))
     return ModeStats(mode=mode, turns=len(counted), timed=len(timed),
                      interrupted=sum(bool(r.get("interrupted")) and not r.get("cut_by_bench") for r in counted),

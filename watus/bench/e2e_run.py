@@ -31,7 +31,7 @@ from watus.bench.e2e_chart import waterfall_chart
 from watus.bench.e2e_cutter import PlaybackCutter
 from watus.bench.e2e_events import UtteranceLog
 from watus.bench.e2e_questions import Question, parse_question
-from watus.bench.e2e_report import MODES, E2EConfig, E2EResult, ModeTelemetry
+from watus.bench.e2e_report import KNOWN_MODES, E2EConfig, E2EResult, ModeTelemetry
 from watus.bench.e2e_turns import Slot, label_pass, mic_slots, pass_progress, questions_spoken_over
 from watus.bench.e2e_workload import WARMUP_QUESTION, make_mic_folder, vision_folder
 from watus.bench.e2e_writers import chart_link, render_markdown, write_json_summary, write_jsonl
@@ -54,6 +54,8 @@ MODE_ENV: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "preemptive": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "true"},
                    {"WATUS_AUDIO_TURN_END": "model",
                     "WATUS_AUDIO_TURN_UNSURE_SILENCE_MS": str(RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS)}),
+    "preemptive-tail": ({"WATUS_AGENT_PIPELINE": "streaming", "WATUS_AGENT_PREEMPTIVE": "true"},
+                        {"WATUS_AUDIO_TURN_END": "silence"}),
 }
 #: Set in every mode's audio service: the figures in docs/benchmarks.md were measured with the fitted window.
 COMMON_AUDIO_ENV = {"WATUS_AUDIO_ASR_FIT_WINDOW": "true"}
@@ -221,8 +223,8 @@ def run_e2e_bench(cfg: E2EConfig, out_dir: Path, report: Path | None = None, cha
 
     say: ProgressFn = progress or (lambda _label, _done, _total: None)
     for mode in cfg.modes:
-        if mode not in MODES:
-            raise E2EBenchError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        if mode not in KNOWN_MODES:
+            raise E2EBenchError(f"unknown mode {mode!r}; known: {', '.join(KNOWN_MODES)}")
     started = datetime.now(timezone.utc)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     result = E2EResult(cfg, machine_info(("xllamacpp", "faster-whisper", "piper-tts", "onnxruntime",

@@ -83,7 +83,10 @@ def _intro(result: E2EResult) -> list[str]:
         "with the reply started from the speculative transcript at the person's first pause, its audio held "
         "until the final transcript confirms it (`WATUS_AGENT_PREEMPTIVE=true`), and the end of the turn decided "
         "by the Smart Turn model (`WATUS_AUDIO_TURN_END=model`), which waits 1000 ms of silence where the model is "
-        "unsure (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS=1000`: the held reply is prepared during it). Questions "
+        "unsure (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS=1000`: the held reply is prepared during it)"
+        + ("; **preemptive-tail** is the same held reply with the turn ended by the silence tail alone, as in "
+           "streaming (`WATUS_AUDIO_TURN_END=silence`)" if "preemptive-tail" in cfg.modes else "")
+        + ". Questions "
         "with a pause are two pieces of piper's "
         "voice joined by exactly that much silence (`‹500 ms›`).", "",
         "Definitions, all from the agent's turn log on the machine-wide monotonic clock:", "",
@@ -122,7 +125,7 @@ def _turn_tables(stats: dict[str, ModeStats]) -> list[str]:
                         _p(s.perceived, "p95"), str(s.cut_off_turns), f"{s.cut_off_questions} of {s.questions}",
                         f"{s.paused_cut_off} of {s.paused_questions}", f"{s.hits} / {s.misses}",
                         _rate(s.hits, s.misses), _rate(s.paused_hits, s.paused_misses),
-                        str(s.not_preempted) if m == "preemptive" else "–", _p(s.lead, "p50"), ends))
+                        str(s.not_preempted) if m.startswith("preemptive") else "–", _p(s.lead, "p50"), ends))
     out += ["", "Turn ends: how the audio service ended each utterance (`silence`: the VAD's silence tail; "
             "`incomplete`: the model asked to wait longer; `complete`: the model ended it at the first pause). "
             "Not preempted: voice turns of the preemptive mode for which no preemptive reply was started. "
@@ -148,7 +151,7 @@ def _question_table(result: E2EResult, modes: list[str]) -> list[str]:
                 if any(t.get("cut_off") for t in group):
                     text = f"cut off ({len(group)} turns) → {text}"
                 misses = sum(int(t.get("preemptive_misses") or 0) for t in group)
-                if m == "preemptive":
+                if m.startswith("preemptive"):
                     text += " hit" if last.get("preemptive") == "hit" else ""
                     text += f" miss×{misses}" if misses else ""
                 cells.setdefault((index, m), []).append(text)
