@@ -163,7 +163,8 @@ class AudioSettings(ServiceSettings):
                                         "a turn the model is unsure of (0: `vad_end_silence_ms`). With the agent's "
                                         "preemptive replies the reply is prepared during this silence, so up to ~1 s "
                                         "costs little and cuts fewer mid-sentence pauses short (`watus up` sets 1000 "
-                                        "when WATUS_AGENT_PREEMPTIVE=true).")
+                                        "with `turn_end=model` when the agent's preemptive replies are on, "
+                                        "as they are by default).")
     turn_model_threads: int = Field(1, ge=1, le=16, description="CPU threads of the end-of-turn model.")
     max_upload_bytes: int = Field(25 * 2**20, ge=1024, le=2**31, description="Largest upload to "
                                   "`/v1/audio/transcriptions` (bytes); larger gets 413.")

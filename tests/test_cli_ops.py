@@ -110,9 +110,13 @@ def test_watus_up_pairs_the_audio_settings_with_the_agent_s(monkeypatch: pytest.
     for name in ("WATUS_AGENT_ADDRESSING", "WATUS_AGENT_PREEMPTIVE"):
         monkeypatch.delenv(name, raising=False)
     assert paired_settings({"A": "1"}) == {"A": "1"}  # the defaults need nothing more
+    # Preemptive replies are on by default; the longer unsure wait goes with the end-of-turn model only.
+    assert paired_settings({"WATUS_AUDIO_TURN_END": "model"})["WATUS_AUDIO_TURN_UNSURE_SILENCE_MS"] == "1000"
+    monkeypatch.setenv("WATUS_AGENT_PREEMPTIVE", "false")
+    assert paired_settings({"WATUS_AUDIO_TURN_END": "model"}) == {"WATUS_AUDIO_TURN_END": "model"}
     monkeypatch.setenv("WATUS_AGENT_ADDRESSING", "name")
     monkeypatch.setenv("WATUS_AGENT_PREEMPTIVE", "true")
-    paired = paired_settings({})
+    paired = paired_settings({"WATUS_AUDIO_TURN_END": "model"})
     assert paired["WATUS_AUDIO_ASR_FIT_NAME_CHECK"] == "true"
     assert paired["WATUS_AUDIO_TURN_UNSURE_SILENCE_MS"] == "1000"
     assert AudioSettings(**{"asr_fit_name_check": True}).asr_fit_name_check  # a value the service accepts

@@ -405,7 +405,7 @@ async def test_a_different_final_transcript_replaces_the_preemptive_reply(tmp_pa
 
 
 async def test_without_the_setting_speculative_transcripts_start_nothing(tmp_path: Path) -> None:
-    loop, speaker, _ = make_loop(tmp_path, scripted("Hi."))
+    loop, speaker, _ = make_loop(tmp_path, scripted("Hi."), settings=AgentSettings(preemptive=False))
     await loop.handle(speculative("u4", "Hello"))
     assert loop.current_turn is None and speaker.said == []
 

@@ -85,9 +85,10 @@ class AgentSettings(ServiceSettings):
     pipeline: Pipeline = Field(Pipeline.streaming, description="`streaming`: each sentence is spoken as soon as "
                                "it is complete. `sequential`: the whole reply, then the whole speech (the original "
                                "Watus plan; the baseline of `watus bench e2e`).")
-    preemptive: bool = Field(False, description="Start the reply from the speculative transcript at the first "
+    preemptive: bool = Field(True, description="Start the reply from the speculative transcript at the first "
                              "pause, its audio held until the final transcript confirms the text (then it plays at "
-                             "once) or thrown away (the person went on, or said something else).")
+                             "once) or thrown away (the person went on, or said something else). On 2 CPU cores "
+                             "it answered 29 % sooner than without (`watus bench e2e`, mode preemptive-tail).")
     warm_prefix: bool = Field(True, description="When someone starts to speak, have the LLM server prefill the "
                               "next prompt up to the question (persona, tools, memory, scene): the turn then "
                               "prefills only the question's tokens, which it reuses from the server's cache.")

@@ -139,8 +139,10 @@ def paired_settings(env: dict[str, str]) -> dict[str, str]:
     """`env` plus the audio settings that the agent's settings call for, where the user left them unset.
 
     The audio service cannot know how the agent uses it: answering only speech that names the robot needs
-    the name checked on the full window (`WATUS_AUDIO_ASR_FIT_NAME_CHECK`), and preemptive replies can wait
-    longer on unsure turns (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS`: the reply is prepared in that silence).
+    the name checked on the full window (`WATUS_AUDIO_ASR_FIT_NAME_CHECK`), and preemptive replies (on by
+    default) can wait longer on turns the end-of-turn model is unsure of, where that model ends turns
+    (`WATUS_AUDIO_TURN_UNSURE_SILENCE_MS` with `WATUS_AUDIO_TURN_END=model`: the reply is prepared in that
+    silence).
     Under systemd the shared environment file says both (deploy/watus.env.example).
     """
     from pydantic import ValidationError
@@ -155,7 +157,7 @@ def paired_settings(env: dict[str, str]) -> dict[str, str]:
     out = dict(env)
     if agent.addressing is Addressing.name:
         out.setdefault("WATUS_AUDIO_ASR_FIT_NAME_CHECK", "true")
-    if agent.preemptive:
+    if agent.preemptive and env.get("WATUS_AUDIO_TURN_END", "").strip().lower() == "model":
         out.setdefault("WATUS_AUDIO_TURN_UNSURE_SILENCE_MS", str(RECOMMENDED_PREEMPTIVE_UNSURE_SILENCE_MS))
     return out
 
