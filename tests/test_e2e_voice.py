@@ -127,7 +127,12 @@ def test_spoken_turn_end_to_end(stack: tuple[ExitStack, dict[str, str]], voice: 
     assert rec["reply"].strip() and not rec["interrupted"] and rec["error"] is None
     t = rec["t_ns"]
     assert [s for s in STAGES if s in t] == list(STAGES), t  # every stage recorded ...
-    assert all(t[a] <= t[b] for a, b in itertools.pairwise(STAGES)), t  # ... each after the last
+    if rec["preemptive"] == "hit":  # (on by default) prepared from the first pause: before the end of speech
+        prepared = [s for s in STAGES if s not in ("speech_end", "asr_done")]
+        assert all(t[a] <= t[b] for a, b in itertools.pairwise(prepared)), t
+        assert t["speech_end"] <= t["asr_done"] <= t["playback_start"], t
+    else:
+        assert all(t[a] <= t[b] for a, b in itertools.pairwise(STAGES)), t  # ... each after the last
     assert rec["e2e_ms"] == pytest.approx((t["playback_start"] - t["speech_end"]) / 1e6, abs=0.01)
     assert 0 < rec["e2e_ms"] < 30_000
     assert rec["scene"] == {"error": rec["scene"]["error"]} and "not reachable" in rec["scene"]["error"]

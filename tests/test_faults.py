@@ -238,6 +238,14 @@ class Events:
             if got == kind and all(data.get(k) == v for k, v in match.items()):
                 return data
 
+    def new_turn(self, *seen: str, timeout: float = SLOW_S) -> str:
+        """The id of the next turn started that is none of `seen` (a preemptive reply thrown away and started
+        again announces its utterance's turn twice)."""
+        deadline = time.monotonic() + timeout
+        while (turn := self.next("turn_started", max(0.1, deadline - time.monotonic()))["turn_id"]) in seen:
+            pass
+        return str(turn)
+
     def close(self) -> None:
         self._stop.set()
 
@@ -328,16 +336,20 @@ def _record(path: Path, turn_id: str, timeout: float = SLOW_S) -> dict[str, Any]
 
 @pytest.mark.slow
 def test_kill_9_of_each_peer_mid_turn_under_watus_up(tmp_path: Path) -> None:
-    """One `watus up`; the question comes every ~25 s. Turn A: the LLM dies as it starts → the apology.
+    """One `watus up`; the question comes every ~25 s. Turn A: the LLM dies as the person speaks → the apology.
     Turn B: vision dies while the person speaks (twice) → answered without seeing. Turn C: audio dies while the
     robot speaks → recorded as failed. Turn D, after audio is back: answered, and vision sees again."""
     with watus_up(tmp_path) as system:
         up, urls, turn_log = system["up"], system["urls"], system["turn_log"]
         events = Events(urls["agent"])
         try:
-            a = events.next("turn_started")["turn_id"]
-            _kill_9(up, "trt_server")
-            rec_a = _record(turn_log, a)
+            # The LLM is killed as the person starts to speak, and each restart again until the turn is
+            # recorded: the reply may start at the first pause (preemptive replies), before the end of speech.
+            events.next("speech_started", timeout=SLOW_S)
+            with _keep_killing(up, "trt_server") as llm_kills:
+                a = events.new_turn()
+                rec_a = _record(turn_log, a)
+            assert llm_kills, "the LLM was never killed"
             assert rec_a["error"] and rec_a["error"].startswith("LLM:"), rec_a
             assert rec_a["reply"] == APOLOGY["en"] and "playback_start" in rec_a["t_ns"], rec_a  # spoken
             wait_healthy(urls["llm"], timeout=SLOW_S)  # `watus up` restarted it
@@ -347,20 +359,20 @@ def test_kill_9_of_each_peer_mid_turn_under_watus_up(tmp_path: Path) -> None:
             events.next("speech_started", timeout=SLOW_S)
             _kill_9(up, "vision")
             with _keep_killing(up, "vision") as kills:
-                b = events.next("turn_started")["turn_id"]
+                b = events.new_turn(a)
                 rec_b = _record(turn_log, b)
             assert kills, "vision was never restarted during the turn"
             assert rec_b["error"] is None and rec_b["reply"] and rec_b["reply"] != APOLOGY["en"], rec_b
             assert "error" in rec_b["scene"], rec_b["scene"]  # it was told it cannot see
 
-            c = events.next("turn_started")["turn_id"]
+            c = events.new_turn(a, b)
             events.next("playback_started", turn_id=c)
             _kill_9(up, "audio")
             rec_c = _record(turn_log, c)
             assert rec_c["error"] and rec_c["error"].startswith("audio:"), rec_c
             wait_healthy(urls["audio"], timeout=SLOW_S)
 
-            d = events.next("turn_started", timeout=SLOW_S)["turn_id"]
+            d = events.new_turn(a, b, c)
             rec_d = _record(turn_log, d)
             assert rec_d["error"] is None and rec_d["reply"] and rec_d["reply"] != APOLOGY["en"], rec_d
             assert "error" not in rec_d["scene"] and rec_d["scene"]["people"] >= 1, rec_d["scene"]
