@@ -62,6 +62,13 @@ def _ramp(a: int, b: int) -> F32:
     return np.arange(a, b, dtype=np.float32)
 
 
+def _one_piece(asr: _Asr, prefix: SettledPrefix, utterance: str) -> tuple[F32, Future[Transcript]]:
+    """Start `utterance` and speak 1.28 s, a 128 ms gap between words, and a word: one piece submitted."""
+    prefix.start(utterance, 0)
+    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
+    return asr.jobs[-1]
+
+
 def test_a_piece_is_cut_in_the_middle_of_a_gap_and_settles() -> None:
     asr = _Asr()
     prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
@@ -114,9 +121,8 @@ def test_pieces_follow_one_another_and_a_new_utterance_forgets() -> None:
 def test_a_piece_not_started_at_the_pause_is_cancelled() -> None:
     asr = _Asr()
     prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
-    prefix.start("u1", 0)
-    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
-    (_, job), = asr.jobs
+    _, job = _one_piece(asr, prefix, "u1")
+    assert len(asr.jobs) == 1
 
     def rest(text: str, cut: int) -> Future[Transcript]:
         raise AssertionError("nothing is settled")
@@ -144,9 +150,8 @@ def _rest_and_whole() -> tuple[list[tuple[str, int]], list[int], Callable[..., F
 def test_a_piece_under_way_at_the_pause_is_waited_for_then_only_the_rest_is_transcribed() -> None:
     asr = _Asr()
     prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
-    prefix.start("u1", 0)
-    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
-    (piece, job), = asr.jobs
+    piece, job = _one_piece(asr, prefix, "u1")
+    assert len(asr.jobs) == 1
     job.set_running_or_notify_cancel()  # the ASR thread is on it when the pause comes
     rests, wholes, rest, whole = _rest_and_whole()
     out = prefix.at_pause("u1", 0, rest, whole)
@@ -163,18 +168,14 @@ def test_a_piece_that_fails_under_way_leaves_the_whole_utterance_and_a_cancel_le
     asr = _Asr()
     prefix = SettledPrefix(asr, N, neg_threshold=0.35, gap_frames=3, min_piece_s=1.0)
     rests, wholes, rest, whole = _rest_and_whole()
-    prefix.start("u1", 0)
-    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
-    job = asr.jobs[-1][1]
+    _, job = _one_piece(asr, prefix, "u1")
     job.set_running_or_notify_cancel()
     out = prefix.at_pause("u1", 0, rest, whole)
     assert out is not None
     job.set_exception(RuntimeError("asr"))
     assert out.result(timeout=1).text == "the whole utterance" and rests == [] and wholes == [1]
     # The person went on before the piece was done: the transcript at that pause is not wanted.
-    prefix.start("u2", 0)
-    _feed(prefix, [0.9] * 40 + [0.1] * 4 + [0.9], _ramp)
-    job = asr.jobs[-1][1]
+    _, job = _one_piece(asr, prefix, "u2")
     job.set_running_or_notify_cancel()
     out = prefix.at_pause("u2", 0, rest, whole)
     assert out is not None and out.cancel()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic_ai import Agent, RunContext
@@ -180,8 +180,6 @@ async def stream_reply(agent: Agent[TurnDeps, str], session: Session, question: 
 
 def said_only(messages: list[ModelMessage], said: str) -> list[ModelMessage]:
     """The turn's messages with the last response's text replaced by what was said (a loop cut off)."""
-    from dataclasses import replace
-
     for i in range(len(messages) - 1, -1, -1):
         msg = messages[i]
         if isinstance(msg, ModelResponse):

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import re
 
+from watus.core.words import words
+
 #: A unit this short may repeat ("No, no.", "Yes, yes"); one of this many words or more may not.
 MIN_WORDS = 3
 _BOUNDARY = re.compile(r"[.!?…,;:\n]")
-_NOT_WORD = re.compile(r"[^\w']+")
 
 
 def normalise(text: str) -> str:
-    """A unit's words: lower case, no punctuation but apostrophes, single spaces."""
-    return " ".join(_NOT_WORD.sub(" ", text.lower().replace("’", "'")).split())
+    """A unit's words (`watus.core.words.words`, a typographic apostrophe read as a plain one), one space
+    apart."""
+    return " ".join(words(text.replace("’", "'")))
 
 
 class RepeatGuard:
