@@ -14,7 +14,7 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.models.test import TestModel
 
 from watus.agent.brain import Session, TurnDeps, build_agent, persona, stream_reply, user_prompt
-from watus.agent.scene import SceneView, count_label, describe_person, parse_scene, summarize, view_of
+from watus.agent.scene import SceneView, count_label, describe_person, osoby, parse_scene, summarize, view_of
 from watus.agent.settings import AgentSettings, Language
 from watus.agent.turnlog import TurnLog, TurnRecord
 from watus.core.sentences import SentenceCutter
@@ -127,7 +127,14 @@ def test_scene_summary_is_compact_and_honest() -> None:
     assert "5.0 s old" in stale and "Do not describe" in stale
     down = summarize(SceneView(None, "vision service not reachable (ConnectError)", time.monotonic_ns()))
     assert "unavailable" in down and "ConnectError" in down
-    assert summarize(_view(), "pl").startswith("[Kamera: 2 osób")
+    assert summarize(_view(), "pl").startswith("[Kamera: 2 osoby: osoba 3")
+
+
+@pytest.mark.parametrize(("n", "word"), [(1, "osoba"), (2, "osoby"), (4, "osoby"), (5, "osób"), (11, "osób"),
+                                         (12, "osób"), (14, "osób"), (21, "osób"), (22, "osoby"), (104, "osoby"),
+                                         (112, "osób")])
+def test_polish_people_count_agrees_with_its_number(n: int, word: str) -> None:
+    assert osoby(n) == word
 
 
 def test_scene_tools_helpers() -> None:

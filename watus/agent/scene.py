@@ -113,6 +113,13 @@ def _person_phrase(p: Person, language: str) -> str:
     return f"{name} ({', '.join(bits)})" if bits else name
 
 
+def osoby(n: int) -> str:
+    """Polish for "people" after the number `n`: 1 osoba, 2-4 osoby (but 12-14 osób), 5 and up osób."""
+    if n == 1:
+        return "osoba"
+    return "osoby" if n % 10 in (2, 3, 4) and n % 100 not in (12, 13, 14) else "osób"
+
+
 def summarize(view: SceneView, language: str = "en") -> str:
     """One or two lines for the model's context.
 
@@ -135,7 +142,7 @@ def summarize(view: SceneView, language: str = "en") -> str:
     who = "; ".join(_person_phrase(p, language) for p in people[:6])
     if pl:
         head = "[Kamera: "
-        ppl = f"{len(people)} osób" + (f": {who}" if who else "") if people else "nikogo nie widać"
+        ppl = f"{len(people)} {osoby(len(people))}" + (f": {who}" if who else "") if people else "nikogo nie widać"
         obj = f". Przedmioty: {things}" if things else ""
     else:
         head = "[Camera: "
