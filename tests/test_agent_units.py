@@ -127,7 +127,8 @@ def test_scene_summary_is_compact_and_honest() -> None:
     assert "5.0 s old" in stale and "Do not describe" in stale
     down = summarize(SceneView(None, "vision service not reachable (ConnectError)", time.monotonic_ns()))
     assert "unavailable" in down and "ConnectError" in down
-    assert summarize(_view(), "pl").startswith("[Kamera: 2 osoby: osoba 3")
+    polish = summarize(_view(), "pl")
+    assert polish.startswith("[Kamera: 2 osoby: osoba 3 (~34 lat, mężczyzna, radość)"), polish
 
 
 @pytest.mark.parametrize(("n", "word"), [(1, "osoba"), (2, "osoby"), (4, "osoby"), (5, "osób"), (11, "osób"),

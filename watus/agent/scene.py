@@ -99,13 +99,23 @@ def view_of(scene: Scene, now_ns: int, max_age_ms: int) -> SceneView:
     return SceneView(scene, None, now_ns, age, age > max_age_ms)
 
 
+#: The classifiers' labels (vision's gender, and the emotion model's class names), as the Polish line says them;
+#: a label not listed is kept as it is.
+POLISH_LABELS = {
+    "female": "kobieta", "male": "mężczyzna", "anger": "złość", "angry": "złość", "contempt": "pogarda",
+    "disgust": "wstręt", "fear": "strach", "happy": "radość", "happiness": "radość", "neutral": "spokój",
+    "sad": "smutek", "sadness": "smutek", "surprise": "zaskoczenie",
+}
+
+
 def _person_phrase(p: Person, language: str) -> str:
     bits: list[str] = []
     if p.age is not None:
         bits.append(f"~{round(p.age.years)} y" if language == "en" else f"~{round(p.age.years)} lat")
     for attr in (p.gender, p.emotion):
         if attr is not None and attr.label and attr.confidence >= MIN_ATTRIBUTE_CONFIDENCE:
-            bits.append(attr.label.lower())
+            label = attr.label.lower()
+            bits.append(POLISH_LABELS.get(label, label) if language == "pl" else label)
     tid = p.track_id
     name = f"person {tid}" if tid is not None else "person"
     if language == "pl":
