@@ -124,3 +124,26 @@ def test_watus_up_pairs_the_audio_settings_with_the_agent_s(monkeypatch: pytest.
     assert paired_settings(mine) == mine  # the user's own choice stands
     monkeypatch.setenv("WATUS_AGENT_ADDRESSING", "nobody")
     assert paired_settings({}) == {}  # invalid: left for the agent to report
+
+
+def test_doctor_flags_polish_on_the_bundled_135m_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Polish with the CPU default is a problem with a fix; English, or a model of one's own, is not."""
+    from watus.cli.services import language_check
+
+    for name in ("WATUS_AGENT_LANGUAGE", "WATUS_AGENT_LLM_URL", "WATUS_LLM_MODEL_PATH", "WATUS_LLM_ENGINE",
+                 "WATUS_LLM_PORT", "WATUS_LLM_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert language_check() is None  # English: nothing to say
+    monkeypatch.setenv("WATUS_AGENT_LANGUAGE", "pl")
+    check = language_check()
+    assert check is not None
+    what, ok, fix = check
+    assert not ok and "SmolLM2-135M" in what and "WATUS_LLM_MODEL_PATH" in fix
+    gguf = tmp_path / "bigger.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setenv("WATUS_LLM_MODEL_PATH", str(gguf))
+    assert language_check() == ("robot language: Polish", True, check[2])
+    monkeypatch.delenv("WATUS_LLM_MODEL_PATH")
+    monkeypatch.setenv("WATUS_AGENT_LLM_URL", "http://192.0.2.9:8000")  # another server: its model is unknown
+    other = language_check()
+    assert other is not None and other[1]

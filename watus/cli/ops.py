@@ -24,7 +24,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from watus.cli.services import BY_NAME, SERVICES, Health, Managed, check_all, healthy, security_checks, stop_all
+from watus.cli.services import (
+    BY_NAME,
+    SERVICES,
+    Health,
+    Managed,
+    check_all,
+    healthy,
+    language_check,
+    security_checks,
+    stop_all,
+)
 
 console = Console()
 err = Console(stderr=True)
@@ -333,6 +343,8 @@ def doctor(
             add(*selftest.doctor_line(target))
     for what, ok, fix in security_checks():
         add(what, ok, fix)
+    if (language := language_check()) is not None:
+        add(*language)
     for s in SERVICES:
         port = int(s.url().rsplit(":", 1)[1])
         free = _port_free(port)

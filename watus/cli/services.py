@@ -183,6 +183,27 @@ def security_checks() -> list[tuple[str, bool, str]]:
     return lines
 
 
+def language_check() -> tuple[str, bool, str] | None:
+    """`watus doctor`'s line on the robot's language: Polish with the bundled 135M model is a problem (it
+    writes Polish-looking words that mean nothing, README "Models"); None where there is nothing to say."""
+    from pydantic import ValidationError
+
+    from trt_server.settings import EngineKind, LLMSettings
+    from watus.agent.settings import AgentSettings, Language
+
+    try:
+        agent, llm = AgentSettings(), LLMSettings()
+    except ValidationError:
+        return None  # security_checks reports settings that do not load
+    if agent.language is not Language.pl:
+        return None
+    local = agent.llm_url.rstrip("/").endswith(f":{llm.port}") and "127.0.0.1" in agent.llm_url
+    bundled = llm.engine is EngineKind.llamacpp and llm.model_path is None
+    return ("robot language: Polish" + (" with the bundled SmolLM2-135M" if local and bundled else ""),
+            not (local and bundled), "the 135M CPU model does not speak Polish: set WATUS_LLM_MODEL_PATH to a "
+            "larger multilingual GGUF, or WATUS_AGENT_LLM_URL to a server that has one")
+
+
 def healthy(url: str) -> bool:
     try:
         return httpx.get(url.rstrip("/") + "/health", timeout=1.0).status_code == 200
